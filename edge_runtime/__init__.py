@@ -1,0 +1,3 @@
+"""meerkit's field runtime: numpy + a TFLite interpreter + paho-mqtt. Never torch or tensorflow."""
+
+__version__ = "0.1.0"
