@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 # The local CPU wheel; a bare `torch` would pull a multi-GB CUDA build. GPU users:
 # install your own torch into the venv first, then `pip install -e .[train]`.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= edge,train,dev
+EXTRAS ?= all,mic
 SYSTEM_PACKAGES := mosquitto mosquitto-clients portaudio19-dev
 DEMO_DIR ?= demo_out
 
