@@ -1,7 +1,8 @@
-"""`python -m train …` is `meerkit …` (synth, data, train commands)."""
+"""`python -m train STEP …` is `meerkit train STEP …` (pretrain, finetune, evaluate); it is
+also what `torchrun … -m train pretrain …` runs on every GPU."""
 
 import sys
 
 from train.umbrella import main
 
-sys.exit(main())
+sys.exit(main(["train", *sys.argv[1:]]))

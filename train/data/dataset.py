@@ -172,11 +172,13 @@ class Dataset:
         hop_s: float | None = None,
         frame_rate_hz: float = 50.0,
         split: str | None = None,
+        files: Sequence[str] | None = None,
     ) -> Iterator[Clip]:
         """Fixed-length clips with frame targets, file by file (each file decoded once).
 
         Clips start every `hop_s` (default `clip_s`) until one reaches the end of the file;
         the last is zero-padded, and a file shorter than a clip gives one padded clip.
+        `files` (dataset-relative paths) restricts the clips to those files, in that order.
         """
         if not clip_s > 0 or (hop_s is not None and not hop_s > 0) or not frame_rate_hz > 0:
             raise UserError(f"clips: clip_s, hop_s and frame_rate_hz must be > 0, got "
@@ -185,7 +187,9 @@ class Dataset:
         clip_n = round(clip_s * sr)
         hop_n = max(1, round((hop_s or clip_s) * sr))
         n_frames = round(clip_s * frame_rate_hz)
-        for file in self.files if split is None else self.files_in(split):
+        if files is None:
+            files = self.files if split is None else self.files_in(split)
+        for file in files:
             audio, _ = self.load(file)
             events, meta = self.events(file), self.metadata(file)
             n_clips = 1 + max(0, -(-(len(audio) - clip_n) // hop_n))  # ceil division

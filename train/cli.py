@@ -1,0 +1,250 @@
+"""`meerkit train pretrain|finetune|evaluate` (also `python -m train …`).
+
+Configs are dataclass presets (`--preset tiny|base|large`) with a few common flags and
+`--set KEY=VALUE` for any other field, validated with a suggestion for typos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_PRETRAIN = """examples:
+  meerkit train pretrain --data data/synth --out runs/pre --preset tiny --steps 300
+  torchrun --nproc_per_node=8 -m train pretrain --data D --out runs/pre --preset base
+  meerkit train pretrain --data D --out runs/pre --resume        # continue after a stop
+"""
+EXAMPLES_FINETUNE = """examples:
+  meerkit train finetune --data data/synth --out runs/ft --init runs/pre/model.pt
+  meerkit train finetune --data D --out runs/ft1 --splits subset:train_1pct --init runs/pre/model.pt
+  meerkit train finetune --data D --out runs/meta --meta location=standard \\
+      --meta time_of_day=standard --meta recorder_id=adversarial
+"""
+
+# Training-schedule presets that go with each model preset (steps, batch, lr, warm-up).
+SCHEDULES: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {"pretrain": dict(steps=300, warmup_steps=30, batch_size=8, lr=1e-3,
+                              ema_anneal_steps=300, amp="fp32"),
+             "finetune": dict(steps=300, warmup_steps=30, batch_size=8, lr=1e-3,
+                              freeze_encoder_steps=30, amp="fp32")},
+    "base": {"pretrain": {}, "finetune": {}},
+    "large": {"pretrain": dict(lr=2e-4), "finetune": dict(lr=3e-5)},
+}
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(base: dict[str, Any], sets: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`KEY=VALUE` into the stage config, `model.KEY=VALUE` into the model config."""
+    stage, model = dict(base), {}
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE (e.g. --set mask_prob=1.2)")
+        key, value = item.split("=", 1)
+        target = model if key.startswith("model.") else stage
+        target[key.removeprefix("model.")] = parse_value(value)
+    return stage, model
+
+
+def metadata_heads(specs: list[str]):
+    """`--meta NAME=MODE` (mode standard|adversarial|off), or `--meta default`."""
+    from train.config import MetadataHeadConfig, default_metadata_heads
+    from train.data.torch_data import HEAD_FIELDS
+
+    heads = []
+    for spec in specs:
+        if spec == "default":
+            heads.extend(default_metadata_heads())
+            continue
+        name, _, mode = spec.partition("=")
+        if name not in HEAD_FIELDS:
+            import difflib
+
+            close = difflib.get_close_matches(name, HEAD_FIELDS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"--meta {spec}: unknown metadata field '{name}'{hint} "
+                            f"(known: {', '.join(HEAD_FIELDS)})")
+        heads.append(MetadataHeadConfig(name, HEAD_FIELDS[name], mode=mode or "standard",
+                                        weight=0.1, grl_warmup_steps=0))
+    return tuple(heads)
+
+
+def _common(p: argparse.ArgumentParser, default_splits: str) -> None:
+    p.add_argument("--data", type=Path, required=True, help="dataset folder (data contract)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, model.pt")
+    p.add_argument("--preset", default="tiny", choices=sorted(SCHEDULES),
+                   help="model + schedule preset (default: tiny, for CPU)")
+    p.add_argument("--splits", default=default_splits,
+                   help=f"comma-separated splits or subset:NAME to train on (default: {default_splits})")
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset)")
+    p.add_argument("--batch-size", type=int, help="clips per step and GPU")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--amp", choices=("bf16", "fp16", "fp32"), help="autocast on GPU (default bf16)")
+    p.add_argument("--clip-s", type=float, default=10.0, help="clip length in seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (torchrun sets the GPU)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if present")
+    p.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set mask_prob=1.2 --set model.depth=4")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _configs(args: argparse.Namespace, stage: str):
+    from train.config import FinetuneConfig, ModelConfig, PretrainConfig, model_preset
+
+    cls = PretrainConfig if stage == "pretrain" else FinetuneConfig
+    base = dict(SCHEDULES[args.preset][stage])
+    for flag, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("amp", "amp")):
+        if getattr(args, flag) is not None:
+            base[key] = getattr(args, flag)
+    stage_dict, model_dict = apply_overrides(base, args.set)
+    if stage == "finetune" and args.meta:
+        stage_dict["metadata_heads"] = [h.to_dict() for h in metadata_heads(args.meta)]
+    preset = model_preset(args.preset)
+    model_config = ModelConfig.from_dict({**preset.to_dict(), **model_dict}, "model")
+    defaults = dataclasses.asdict(cls())
+    merged = {**defaults, **stage_dict}
+    if merged["warmup_steps"] >= merged["steps"]:
+        merged["warmup_steps"] = max(1, merged["steps"] // 10)
+        log.warning("warm-up longer than the run: using %d warm-up steps", merged["warmup_steps"])
+    return model_config, cls.from_dict(merged, stage)
+
+
+def _options(args: argparse.Namespace):
+    from train.pretrain import RunOptions
+
+    return RunOptions(args.data, args.out, tuple(s for s in args.splits.split(",") if s),
+                      args.clip_s, args.seed, args.resume, args.stop_at,
+                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    from train.engine import setup_runtime, teardown_runtime
+    from train.pretrain import pretrain
+
+    model_config, config = _configs(args, "pretrain")
+    runtime = setup_runtime(args.device)
+    try:
+        path = pretrain(_options(args), model_config, config, runtime)
+    finally:
+        teardown_runtime()
+    if runtime.is_main:
+        print(f"pretrained model: {path}" if path.is_file() else
+              f"stopped at step {args.stop_at}; resume with --resume")
+    return 0
+
+
+def finetune_command(args: argparse.Namespace) -> int:
+    from train.engine import setup_runtime, teardown_runtime
+    from train.finetune import finetune
+
+    model_config, config = _configs(args, "finetune")
+    runtime = setup_runtime(args.device)
+    try:
+        path = finetune(_options(args), model_config, config, runtime, init=args.init,
+                        val_split=args.val or None, eval_every=args.eval_every)
+    finally:
+        teardown_runtime()
+    if runtime.is_main:
+        print(f"finetuned model: {path}" if path.is_file() else
+              f"stopped at step {args.stop_at}; resume with --resume")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from edge_runtime.events import DecoderConfig
+    from train.checkpoint import load_model
+    from train.data.dataset import Dataset
+    from train.data.torch_data import select_files
+    from train.evaluate import evaluate_model, plot_pr_curves, write_report
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    model, record = load_model(args.model, device)
+    if model.classifier is None:
+        raise UserError(f"{args.model}: a pretrained model has no classifier; finetune it first")
+    dataset = Dataset(args.data, sample_rate=model.config.sample_rate)
+    if dataset.labels != record["labels"]:
+        raise UserError(f"{args.data}: label set {dataset.labels} differs from the model's "
+                        f"{record['labels']}")
+    files = [f for s in args.split.split(",") for f in select_files(dataset, s)]
+    decoder = DecoderConfig(threshold=args.threshold)
+    report, probs, targets = evaluate_model(lambda a: model(a).frame_logits, dataset, files,
+                                            args.clip_s, model.config.frame_rate_hz,
+                                            args.batch_size, device, decoder, args.iou)
+    report.update(model=str(args.model), split=args.split)
+    out = args.out or Path(args.model).with_name(f"eval_{args.split.replace(',', '_')}.json")
+    write_report(report, out)
+    import numpy as np
+
+    truth = np.concatenate([targets[f] for f in files])
+    scores = np.concatenate([probs[f] for f in files])
+    png = out.with_suffix(".png")
+    plot_pr_curves({"teacher": (truth, scores)}, dataset.labels, png,
+                   f"{Path(args.model).parent.name} on {args.split}")
+    ap, ev = report["frame_ap"], report["event"]["micro"]
+    print(f"{args.split}: frame macro AP {ap['macro']:.3f}, micro AP {ap['micro']:.3f}, "
+          f"event F1 {ev['f1']:.3f} (P {ev['precision']:.3f}, R {ev['recall']:.3f}, "
+          f"IoU>{args.iou:g}) on {len(files)} files")
+    for label, value in ap["per_class"].items():
+        print(f"  {label:24s} AP {value:.3f}")
+    print(f"wrote {out} and {png}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="pretrain, finetune and evaluate the teacher",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="train_command", metavar="STEP", required=True)
+
+    p = sub.add_parser("pretrain", help="data2vec self-supervised pretraining",
+                       description="data2vec mean-teacher pretraining on unlabelled audio.",
+                       epilog=EXAMPLES_PRETRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, "pretrain,train")
+    p.set_defaults(func=pretrain_command)
+
+    p = sub.add_parser("finetune", help="focal-loss finetuning with metadata heads",
+                       description="Frame-level multi-label finetuning (focal loss), optionally "
+                       "from a pretrained model, with MetaPerch metadata heads.",
+                       epilog=EXAMPLES_FINETUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p, "train")
+    p.add_argument("--init", type=Path, help="start from this model.pt (pretrained or finetuned)")
+    p.add_argument("--val", default="val", help="validation split for model selection ('' = none)")
+    p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (default: 5x per run)")
+    p.add_argument("--meta", action="append", default=[], metavar="FIELD=MODE",
+                   help="metadata head: location, time_of_day, day_of_year, elevation_m, "
+                   "recorder_id, site, habitat or individual = standard|adversarial; "
+                   "'default' = location/time standard + recorder adversarial")
+    p.set_defaults(func=finetune_command)
+
+    p = sub.add_parser("evaluate", help="frame AP and event F1 on a split",
+                       description="Evaluate a finetuned model: frame AP (macro/micro/per class) "
+                       "and event P/R/F1; writes JSON and a PR-curve PNG.")
+    p.add_argument("--model", type=Path, required=True, help="finetuned model.pt")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder")
+    p.add_argument("--split", default="test", help="split(s) or subset:NAME (default: test)")
+    p.add_argument("--out", type=Path, help="report JSON (default: next to the model)")
+    p.add_argument("--iou", type=float, default=0.0, help="event IoU threshold (0 = any overlap)")
+    p.add_argument("--threshold", type=float, default=0.5, help="event decision threshold")
+    p.add_argument("--clip-s", type=float, default=10.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=evaluate_command)

@@ -1,0 +1,345 @@
+"""Dataclass configs for the animal2vec-style teacher: model shape, pretraining, finetuning and
+the auxiliary metadata heads.
+
+Presets are plain instances (`ModelConfig.tiny()`, `.base()`, `.large()`); everything
+round-trips through a plain dict (`to_dict()` / `from_dict()`) so checkpoints carry their
+config. `from_dict` rejects unknown keys with a `UserError` that suggests the closest name.
+
+Masking parameterisation (pretraining and finetuning), as in fairseq/data2vec/animal2vec:
+`mask_prob` is the masked fraction *before overlaps*: a clip of T frames gets
+n = mask_prob * T / mask_length spans (stochastically rounded) of `mask_length` frames, whose
+starts are distinct positions drawn uniformly. With q = mask_prob / mask_length starts per
+frame, the expected masked fraction is about 1 - (1 - q) ** mask_length, so
+mask_prob = 1.6, mask_length = 2 masks ~96% of frames (animal2vec: 1.5 + 0.05 -> ~94%), while
+mask_prob = 0.15 would mask only ~14%. `mask_prob` may therefore exceed 1 (up to mask_length).
+`train.masking.expected_coverage` gives the exact value for a clip length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from edge_runtime.errors import UserError
+
+C = TypeVar("C", bound="ConfigBase")
+
+AMP_MODES = ("bf16", "fp16", "fp32")
+CONV_NORMS = ("layer", "group")
+D2V_LOSSES = ("mse", "smooth_l1")
+TARGET_NORMS = ("none", "instance", "layer")
+EMA_SCHEDULES = ("linear", "cosine")
+META_KINDS = ("location", "circular", "class", "regression")
+META_MODES = ("standard", "adversarial", "off")
+
+
+# ---------------------------------------------------------------- dict round trip
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"{what} '{value}' is not one of {', '.join(choices)}{hint}")
+
+
+def _as_tuples(value: Any) -> Any:
+    """JSON gives lists where the dataclass holds tuples (conv layers, vocabularies)."""
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
+
+class ConfigBase:
+    """`to_dict` / `from_dict` for the dataclasses below."""
+
+    # field name -> dataclass of its elements (a tuple of nested configs)
+    _nested: typing.ClassVar[dict[str, type]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
+        where = where or cls.__name__
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        values = {}
+        for key, value in data.items():
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise UserError(f"{where}: unknown setting '{key}'{hint}")
+            if key in cls._nested:
+                item = cls._nested[key]
+                value = tuple(item.from_dict(v, f"{where}.{key}[{i}]") for i, v in enumerate(value))
+            values[key] = _as_tuples(value)
+        return cls(**values)
+
+
+# ---------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ModelConfig(ConfigBase):
+    """Shape of the teacher: sinc filterbank -> strided convs -> transformer -> heads.
+
+    Frame rate = sample_rate / total_stride (16 kHz / 320 = 50 fps for every preset); the
+    model pads the waveform so that n_frames = n_samples // total_stride and frame k's
+    receptive field is centred on the middle of [k, k + 1) / frame_rate_hz (the label
+    convention of `events_to_frames`).
+    """
+
+    sample_rate: int = 16000
+    # Learnable sinc filterbank (train/model/sinc.py)
+    sinc_filters: int = 64
+    sinc_kernel: int = 351  # odd; 22 ms at 16 kHz
+    sinc_stride: int = 2
+    sinc_min_low_hz: float = 50.0
+    sinc_min_band_hz: float = 50.0
+    # Strided conv feature encoder: (channels, kernel, stride) per layer
+    conv_layers: tuple[tuple[int, int, int], ...] = (
+        (512, 5, 5), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 2, 2), (512, 2, 2))
+    conv_norm: str = "layer"  # "layer": per-frame LayerNorm (window-independent); "group"
+    # Transformer
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    layerdrop: float = 0.05
+    pos_conv_kernel: int = 65  # odd; frames (1.3 s at 50 fps)
+    pos_conv_groups: int = 16
+    # Heads
+    n_classes: int = 0  # 0 while pretraining; set from the label list for finetuning
+    head_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.sample_rate > 0, f"sample_rate must be positive, got {self.sample_rate}")
+        _check(self.sinc_filters > 0, "sinc_filters must be positive")
+        _check(self.sinc_kernel % 2 == 1, f"sinc_kernel must be odd, got {self.sinc_kernel}")
+        _check(self.sinc_stride >= 1, "sinc_stride must be >= 1")
+        _check(self.sinc_min_low_hz + self.sinc_min_band_hz < self.sample_rate / 2,
+               "sinc_min_low_hz + sinc_min_band_hz must stay below the Nyquist frequency")
+        _check(len(self.conv_layers) > 0, "conv_layers must list at least one layer")
+        for i, layer in enumerate(self.conv_layers):
+            _check(len(layer) == 3 and all(int(v) >= 1 for v in layer),
+                   f"conv_layers[{i}] must be (channels, kernel, stride) >= 1, got {layer}")
+        _choice(self.conv_norm, CONV_NORMS, "conv_norm")
+        _check(self.dim % self.heads == 0,
+               f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        _check(self.depth >= 1, "depth must be >= 1")
+        _check(self.pos_conv_kernel % 2 == 1, f"pos_conv_kernel must be odd, got {self.pos_conv_kernel}")
+        _check(self.dim % self.pos_conv_groups == 0,
+               f"dim ({self.dim}) must be divisible by pos_conv_groups ({self.pos_conv_groups})")
+        for name in ("dropout", "attn_dropout", "layerdrop", "head_dropout"):
+            _check(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1)")
+        _check(self.n_classes >= 0, "n_classes must be >= 0")
+
+    # -- presets
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ModelConfig:
+        """< 1M parameters; for CPU tests and smoke runs."""
+        base = dict(sinc_filters=16, sinc_kernel=63, sinc_stride=2,
+                    conv_layers=((64, 5, 5), (64, 4, 4), (64, 4, 4), (64, 2, 2)),
+                    dim=64, depth=3, heads=4, dropout=0.0, attn_dropout=0.0, layerdrop=0.0,
+                    pos_conv_kernel=15, pos_conv_groups=4)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def base(cls, **overrides: Any) -> ModelConfig:
+        """~90M parameters (wav2vec2/data2vec base shape), receptive field 46 ms."""
+        return cls(**overrides)
+
+    @classmethod
+    def large(cls, **overrides: Any) -> ModelConfig:
+        """16 layers, 1024 dim, 16 heads, as the animal2vec paper's model."""
+        base = dict(dim=1024, depth=16, heads=16, layerdrop=0.0)
+        return cls(**{**base, **overrides})
+
+    # -- derived geometry
+    @property
+    def total_stride(self) -> int:
+        stride = self.sinc_stride
+        for _, _, s in self.conv_layers:
+            stride *= s
+        return stride
+
+    @property
+    def receptive_field_samples(self) -> int:
+        field_, jump = self.sinc_kernel, self.sinc_stride
+        for _, k, s in self.conv_layers:
+            field_ += (k - 1) * jump
+            jump *= s
+        return field_
+
+    @property
+    def frame_rate_hz(self) -> float:
+        return self.sample_rate / self.total_stride
+
+    @property
+    def receptive_field_s(self) -> float:
+        return self.receptive_field_samples / self.sample_rate
+
+    @property
+    def frame_padding(self) -> tuple[int, int]:
+        """Zero samples added (left, right) so frames are centred and n_frames = n // stride."""
+        extra = max(self.receptive_field_samples - self.total_stride, 0)
+        return extra // 2, extra - extra // 2
+
+    def n_frames(self, n_samples: int) -> int:
+        """Exact number of output frames for a clip of `n_samples` samples."""
+        return max(int(n_samples), 0) // self.total_stride
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    presets = {"tiny": ModelConfig.tiny, "base": ModelConfig.base, "large": ModelConfig.large}
+    if name not in presets:
+        _choice(name, tuple(presets), "model preset")
+    return presets[name](**overrides)
+
+
+# ---------------------------------------------------------------- metadata heads
+@dataclass(frozen=True)
+class MetadataHeadConfig(ConfigBase):
+    """One auxiliary head on the pooled clip embedding (MetaPerch-style).
+
+    kind: "location" (target (lat, lon) degrees -> unit vector, loss 1 - cosine),
+          "circular" (target phase in [0, 1), e.g. time of day -> (cos, sin), loss 1 - cosine),
+          "class" (target index into `vocabulary`, cross-entropy),
+          "regression" (target standardised with target_mean/target_std, MSE).
+    mode: "standard" (helps the embedding predict it), "adversarial" (gradient reversal:
+          the embedding is pushed to NOT encode it, e.g. recorder_id), "off".
+    The reversal strength ramps DANN-style: grl_max_lambda * (2 / (1 + exp(-10 p)) - 1),
+    p = step / grl_warmup_steps (capped at 1; no warm-up means the full lambda at once).
+    """
+
+    name: str
+    kind: str
+    mode: str = "standard"
+    weight: float = 1.0
+    grl_max_lambda: float = 1.0
+    grl_warmup_steps: int = 0
+    vocabulary: tuple[str, ...] = ()  # "class" heads: fill from the data before building
+    target_mean: float = 0.0  # "regression" heads
+    target_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        _choice(self.kind, META_KINDS, f"metadata head '{self.name}': kind")
+        _choice(self.mode, META_MODES, f"metadata head '{self.name}': mode")
+        _check(self.weight >= 0, f"metadata head '{self.name}': weight must be >= 0")
+        _check(self.target_std > 0, f"metadata head '{self.name}': target_std must be > 0")
+        _check(self.grl_warmup_steps >= 0, f"metadata head '{self.name}': grl_warmup_steps < 0")
+
+
+def default_metadata_heads() -> tuple[MetadataHeadConfig, ...]:
+    """Where/when as helpful context; recorder identity as a nuisance to unlearn."""
+    return (
+        MetadataHeadConfig("location", "location", weight=0.1),
+        MetadataHeadConfig("time_of_day", "circular", weight=0.1),
+        MetadataHeadConfig("day_of_year", "circular", weight=0.1),
+        MetadataHeadConfig("recorder_id", "class", mode="adversarial", weight=0.1,
+                           grl_warmup_steps=2000),
+    )
+
+
+# ---------------------------------------------------------------- training
+@dataclass(frozen=True)
+class PretrainConfig(ConfigBase):
+    """data2vec self-distillation (see the module docstring for the mask parameterisation)."""
+
+    mask_prob: float = 1.6  # pre-overlap fraction: ~96% of frames masked with mask_length 2
+    mask_length: int = 2  # frames (40 ms at 50 fps)
+    min_masks: int = 1
+    ema_decay: float = 0.999
+    ema_end_decay: float = 1.0
+    ema_anneal_steps: int = 50_000
+    ema_schedule: str = "linear"
+    top_k_layers: int = 8  # clipped to the model depth by `top_k(depth)`
+    instance_norm_targets: bool = True  # per layer, over time, before averaging
+    final_target_norm: str = "none"  # after averaging: "none" | "instance" | "layer"
+    loss: str = "mse"
+    loss_beta: float = 0.25  # smooth_l1 only
+    clone_batch: int = 1  # each clip repeated N times with different masks (teacher runs once)
+    lr: float = 5e-4
+    warmup_steps: int = 2_000
+    steps: int = 50_000
+    batch_size: int = 16
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    amp: str = "bf16"
+
+    def __post_init__(self) -> None:
+        _check(self.mask_length >= 1, "mask_length must be >= 1 frame")
+        _check(0.0 <= self.mask_prob <= self.mask_length,
+               f"mask_prob {self.mask_prob} must be in [0, mask_length] (it is the "
+               "pre-overlap masked fraction; 1.6 with mask_length 2 masks ~96%)")
+        _check(0.0 <= self.ema_decay <= self.ema_end_decay <= 1.0,
+               "need 0 <= ema_decay <= ema_end_decay <= 1")
+        _choice(self.ema_schedule, EMA_SCHEDULES, "ema_schedule")
+        _check(self.top_k_layers >= 1, "top_k_layers must be >= 1")
+        _choice(self.final_target_norm, TARGET_NORMS, "final_target_norm")
+        _choice(self.loss, D2V_LOSSES, "loss")
+        _check(self.clone_batch >= 1, "clone_batch must be >= 1")
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
+               "steps, batch_size and grad_accum must be >= 1")
+        _choice(self.amp, AMP_MODES, "amp")
+
+    def top_k(self, depth: int) -> int:
+        return min(self.top_k_layers, depth)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(ConfigBase):
+    """Frame-level multi-label finetuning with focal loss, lighter masking and metadata heads."""
+
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = 0.25
+    mask_prob: float = 0.8  # half the pretraining value: ~64% masked with mask_length 2
+    mask_length: int = 2
+    freeze_encoder_steps: int = 2_000  # first steps: only the heads learn
+    train_feature_encoder: bool = False  # sinc + conv stay frozen throughout (as animal2vec)
+    layer_lr_decay: float = 1.0  # < 1: lower layers learn slower (1 = off)
+    mixup_prob: float = 0.5
+    lr: float = 5e-5
+    warmup_steps: int = 1_000
+    steps: int = 20_000
+    batch_size: int = 16
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    amp: str = "bf16"
+    metadata_heads: tuple[MetadataHeadConfig, ...] = field(default_factory=tuple)
+
+    _nested: typing.ClassVar[dict[str, type]] = {"metadata_heads": MetadataHeadConfig}
+
+    def __post_init__(self) -> None:
+        _check(self.focal_gamma >= 0, "focal_gamma must be >= 0")
+        _check(self.focal_alpha is None or 0.0 <= self.focal_alpha <= 1.0,
+               "focal_alpha must be in [0, 1] or None")
+        _check(self.mask_length >= 1, "mask_length must be >= 1 frame")
+        _check(0.0 <= self.mask_prob <= self.mask_length, "mask_prob must be in [0, mask_length]")
+        _check(0.0 < self.layer_lr_decay <= 1.0, "layer_lr_decay must be in (0, 1]")
+        _check(0.0 <= self.mixup_prob <= 1.0, "mixup_prob must be in [0, 1]")
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
+               "steps, batch_size and grad_accum must be >= 1")
+        _choice(self.amp, AMP_MODES, "amp")
+        names = [h.name for h in self.metadata_heads]
+        _check(len(names) == len(set(names)), f"metadata head names repeat: {names}")
+
+
+__all__ = [
+    "FinetuneConfig",
+    "MetadataHeadConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "default_metadata_heads",
+    "model_preset",
+]
