@@ -1,0 +1,217 @@
+"""The model card: everything the runtime needs to run an artifact correctly, travelling inside
+it (TFLite metadata entry / ONNX metadata_props under `CARD_KEY`; a sidecar `<stem>.json` is
+accepted). The runtime refuses an artifact without a complete card and says what is missing.
+
+Reading TFLite metadata here is a ~40-line flatbuffer walk with `struct`, so the device needs
+no flatbuffers/schema package; writing lives in `export/card.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import UserError
+
+CARD_KEY = "meerkit_card"
+CARD_SCHEMA = 1
+QUANTIZATIONS = ("none", "fp16", "dynamic", "int8")
+FRONTENDS = ("waveform", "logmel")
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """How audio becomes the model input. `waveform`: raw samples (batch, samples).
+    `logmel`: the runtime computes log-mel features in numpy (edge_runtime/frontend.py), bit
+    for bit as in training: (batch, frames, n_mels), normalised by `mean`/`std`."""
+
+    kind: str = "waveform"
+    n_fft: int = 0
+    win_length: int = 0
+    hop_length: int = 0
+    n_mels: int = 0
+    fmin: float = 0.0
+    fmax: float = 0.0
+    log_offset: float = 1e-6
+    center: bool = True
+    mean: float = 0.0  # input normalisation: (x - mean) / std
+    std: float = 1.0
+
+
+@dataclass(frozen=True)
+class Quantization:
+    mode: str = "none"  # none | fp16 | dynamic | int8
+    calibration_sha256: str = ""
+    calibration_clips: int = 0
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: str
+    sha256: str  # of the weights the artifact was made from
+    sample_rate: int
+    window_s: float  # model input length
+    hop_s: float  # stride between windows when streaming
+    frame_rate_hz: float  # output frames per second
+    labels: tuple[str, ...]
+    thresholds: tuple[float, ...]  # per label, decision threshold on the sigmoid
+    frontend: Frontend = field(default_factory=Frontend)
+    output: str = "logits"  # "logits" (runtime applies sigmoid) or "probabilities"
+    quantization: Quantization = field(default_factory=Quantization)
+    lineage: dict[str, Any] = field(default_factory=dict)  # teacher name/sha256, student arch
+    metrics: dict[str, Any] = field(default_factory=dict)  # verified AP teacher vs artifact
+    schema: int = CARD_SCHEMA
+
+    def __post_init__(self) -> None:
+        problems = validate_card_values(self)
+        if problems:
+            raise UserError("invalid model card: " + "; ".join(problems))
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.window_s * self.sample_rate)
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.hop_s * self.sample_rate)
+
+    @property
+    def frames_per_window(self) -> int:
+        return round(self.window_s * self.frame_rate_hz)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "model card") -> ModelCard:
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: card is not a JSON object")
+        required = [f.name for f in fields(cls)
+                    if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            raise UserError(f"{where}: model card lacks {', '.join(missing)}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"{where}: model card has unknown fields {', '.join(unknown)}")
+        values = dict(data)
+        try:
+            values["frontend"] = Frontend(**data.get("frontend", {}))
+            values["quantization"] = Quantization(**data.get("quantization", {}))
+        except TypeError as err:
+            raise UserError(f"{where}: {err}") from None
+        values["labels"] = tuple(data["labels"])
+        values["thresholds"] = tuple(float(t) for t in data["thresholds"])
+        try:
+            return cls(**values)
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = "model card") -> ModelCard:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{where}: model card is not valid JSON ({err})") from None
+        return cls.from_dict(data, where)
+
+
+def validate_card_values(card: ModelCard) -> list[str]:
+    problems = []
+    if card.schema > CARD_SCHEMA:
+        problems.append(f"schema {card.schema} is newer than this runtime ({CARD_SCHEMA})")
+    if card.sample_rate <= 0:
+        problems.append("sample_rate must be > 0")
+    if not 0 < card.hop_s <= card.window_s:
+        problems.append(f"need 0 < hop_s ({card.hop_s}) <= window_s ({card.window_s})")
+    if card.frame_rate_hz <= 0:
+        problems.append("frame_rate_hz must be > 0")
+    if not card.labels:
+        problems.append("labels is empty")
+    if len(card.thresholds) != len(card.labels):
+        problems.append(f"{len(card.thresholds)} thresholds for {len(card.labels)} labels")
+    if any(not 0.0 <= t <= 1.0 for t in card.thresholds):
+        problems.append("thresholds must be in [0, 1]")
+    if card.frontend.kind not in FRONTENDS:
+        problems.append(f"frontend.kind {card.frontend.kind!r} is not one of {FRONTENDS}")
+    if card.frontend.kind == "logmel" and not (card.frontend.n_fft and card.frontend.hop_length
+                                               and card.frontend.n_mels):
+        problems.append("a logmel frontend needs n_fft, hop_length and n_mels")
+    if card.quantization.mode not in QUANTIZATIONS:
+        problems.append(f"quantization.mode {card.quantization.mode!r} is not one of {QUANTIZATIONS}")
+    if card.output not in ("logits", "probabilities"):
+        problems.append(f"output {card.output!r} must be logits or probabilities")
+    return problems
+
+
+# ---------------------------------------------------------------- TFLite metadata (read)
+def _u32(buf: bytes, pos: int) -> int:
+    return struct.unpack_from("<I", buf, pos)[0]
+
+
+def _field(buf: bytes, table: int, index: int) -> int | None:
+    """Absolute position of field `index` of the table at `table`, or None if absent."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vt_size = struct.unpack_from("<H", buf, vtable)[0]
+    slot = 4 + 2 * index
+    if slot >= vt_size:
+        return None
+    off = struct.unpack_from("<H", buf, vtable + slot)[0]
+    return table + off if off else None
+
+
+def _deref(buf: bytes, pos: int) -> int:
+    return pos + _u32(buf, pos)
+
+
+def tflite_metadata(buf: bytes) -> dict[str, bytes]:
+    """All `Model.metadata` entries of a TFLite flatbuffer: name -> buffer bytes."""
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise ValueError("no TFL3 identifier")
+    model = _deref(buf, 0)
+    meta_pos, buffers_pos = _field(buf, model, 6), _field(buf, model, 4)
+    if meta_pos is None or buffers_pos is None:
+        return {}
+    buffers = _deref(buf, buffers_pos)
+    out = {}
+    meta = _deref(buf, meta_pos)
+    for i in range(_u32(buf, meta)):
+        entry = _deref(buf, meta + 4 + 4 * i)
+        name_pos, index_pos = _field(buf, entry, 0), _field(buf, entry, 1)
+        if name_pos is None or index_pos is None:
+            continue
+        name_at = _deref(buf, name_pos)
+        name = buf[name_at + 4 : name_at + 4 + _u32(buf, name_at)].decode("utf-8", "replace")
+        buffer = _deref(buf, buffers + 4 + 4 * _u32(buf, index_pos))
+        data_pos = _field(buf, buffer, 0)
+        if data_pos is None:
+            continue
+        data = _deref(buf, data_pos)
+        out[name] = bytes(buf[data + 4 : data + 4 + _u32(buf, data)])
+    return out
+
+
+def read_card(artifact: str | Path) -> ModelCard:
+    """The card of a `.tflite` (embedded, else sidecar `<stem>.json`); clear error otherwise."""
+    path = Path(artifact)
+    try:
+        buf = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: cannot read model ({err.strerror})") from None
+    sidecar = path.with_suffix(".json")
+    if path.suffix == ".tflite" or buf[4:8] == b"TFL3":
+        try:
+            embedded = tflite_metadata(buf).get(CARD_KEY)
+        except (ValueError, struct.error):
+            raise UserError(f"{path}: not a TFLite model (corrupt or wrong file type)") from None
+        if embedded is not None:
+            return ModelCard.from_json(embedded, f"{path} (embedded card)")
+    if sidecar.is_file():
+        return ModelCard.from_json(sidecar.read_bytes(), str(sidecar))
+    raise UserError(f"{path}: has no model card (no '{CARD_KEY}' metadata entry and no "
+                    f"sidecar {sidecar.name}); export it with `meerkit export` or add the card")
