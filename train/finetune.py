@@ -3,7 +3,7 @@
 Per step: optionally mix two clips (labels = union of both clips' events); mask frames as
 regularisation; focal loss on frame logits; plus the MetaPerch metadata heads on the pooled
 embedding (standard heads teach where/when, adversarial ones unlearn e.g. the recorder). For
-the first `freeze_encoder_steps` only the heads learn; the sinc + conv front end stays frozen
+the first `freeze_encoder_steps` of a run from a pretrained model only the heads learn; the sinc + conv front end stays frozen
 unless `train_feature_encoder`. The best model on `val` (frame macro AP) is kept.
 """
 
@@ -132,8 +132,9 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
              len(clips), len(files), len(labels), len(val_files))
 
     model = build_model(model_config, labels, heads, init)
-    # The front end is frozen for good (unless asked) before the optimizer sees parameters.
-    model.set_trainable(features=config.train_feature_encoder, context=True)
+    # A pretrained front end is frozen for good (unless asked) before the optimizer sees the
+    # parameters; a model trained from scratch must of course learn its front end.
+    model.set_trainable(features=config.train_feature_encoder or init is None, context=True)
     groups = layerwise_param_groups(model, config.lr, config.weight_decay, config.layer_lr_decay)
     gen = GeneratorState(options.seed + 2)
     batches = ResumableBatches(clips, config.batch_size, options.seed, collate, runtime.rank,
@@ -172,7 +173,7 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
                                      config.mask_prob, config.mask_length, 1, gen.generator,
                                      device=dev)
         loss, parts = engine.wrapped(audio, targets, mask, batch["meta"], batch["valid"], step,
-                                     step < config.freeze_encoder_steps)
+                                     init is not None and step < config.freeze_encoder_steps)
         return loss, {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
 
     def validate(step: int) -> dict[str, float]:

@@ -74,6 +74,11 @@ class Animal2Vec(nn.Module):
         self.metadata_configs = tuple(metadata_heads)
         self.frontend = SincFilterbank(c.sinc_filters, c.sinc_kernel, c.sample_rate,
                                        c.sinc_stride, c.sinc_min_low_hz, c.sinc_min_band_hz)
+        # The log envelopes sit around -7 nepers with ~1 of variation over time; without
+        # centring, the bias-free convs + per-frame LayerNorm see mostly that constant and the
+        # features barely change over time. BatchNorm's running statistics centre them the
+        # same way for any window length (and fold into the convs at export).
+        self.frontend_norm = nn.BatchNorm1d(c.sinc_filters)
         self.encoder = ConvFeatureEncoder(c.sinc_filters, c.conv_layers, c.dim, c.conv_norm,
                                           c.dropout)
         self.mask_embedding = nn.Parameter(torch.empty(c.dim).uniform_())
@@ -101,6 +106,12 @@ class Animal2Vec(nn.Module):
         valid = torch.div(lengths, self.config.total_stride, rounding_mode="floor")
         return torch.arange(frames, device=lengths.device)[None, :] >= valid[:, None]
 
+    def train(self, mode: bool = True) -> Animal2Vec:
+        super().train(mode)
+        if self.features_frozen:  # a frozen front end keeps its normalisation statistics too
+            self.frontend_norm.eval()
+        return self
+
     # -- forward
     def features(self, audio: torch.Tensor) -> torch.Tensor:
         """(batch, samples) -> (batch, frames, dim); frames = samples // total_stride."""
@@ -110,7 +121,7 @@ class Animal2Vec(nn.Module):
             with torch.no_grad():
                 return self.features(audio)
         x = F.pad(audio, self.config.frame_padding)  # centre frames on their time span
-        return self.encoder(self.frontend(x))
+        return self.encoder(self.frontend_norm(self.frontend(x)))
 
     def forward(self, audio: torch.Tensor, mask: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None) -> Output:
@@ -129,13 +140,15 @@ class Animal2Vec(nn.Module):
     def set_trainable(self, features: bool = True, context: bool = True) -> None:
         """Freeze/unfreeze the front end (sinc + convs) and the context network; heads stay
         trainable. A frozen front end also runs without autograd (saves memory)."""
-        for p in (*self.frontend.parameters(), *self.encoder.parameters()):
+        for p in (*self.frontend.parameters(), *self.frontend_norm.parameters(),
+                  *self.encoder.parameters()):
             p.requires_grad_(features)
         for p in (self.mask_embedding, *self.context.parameters(), *self.layer_average.parameters()):
             p.requires_grad_(context)
         self.features_frozen = not features
+        self.train(self.training)
 
-    BACKBONE = ("frontend.", "encoder.", "mask_embedding", "context.")
+    BACKBONE = ("frontend.", "frontend_norm.", "encoder.", "mask_embedding", "context.")
 
     def load_backbone(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Load the pretrained front end + context network (pretraining -> finetuning); the
@@ -210,7 +223,7 @@ def layerwise_param_groups(model: Animal2Vec, lr: float, weight_decay: float,
     def layer_of(name: str) -> int:
         if name.startswith("context.blocks."):
             return int(name.split(".")[2]) + 1
-        if name.startswith(("frontend.", "encoder.", "mask_embedding", "context.pos_embedding")):
+        if name.startswith(("frontend.", "frontend_norm.", "encoder.", "mask_embedding", "context.pos_embedding")):
             return 0
         return depth + 1
 
