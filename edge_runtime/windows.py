@@ -7,7 +7,8 @@ window k contributes its frames [a, a + H) with a = (F - H) // 2, the first wind
 leading frames [0, a) and the last one its trailing frames. Edge frames, which saw
 zero-padding or a cut call, are so never used where a better-centred window exists.
 
-`WindowedStream.push()` returns the frames that are final; `flush()` the rest.
+`WindowedStream.push()` returns the frames that are final (a window's frames are released as
+soon as audio past its end arrives); `flush()` the rest.
 `track()` runs the same object over a whole array, so streaming == batch by construction
 (and by test).
 """
@@ -77,11 +78,15 @@ class WindowedStream:
         g = self.g
         self._samples_in += len(samples)
         self._buffer = np.concatenate([self._buffer, np.asarray(samples, np.float32)])
-        complete = 0 if len(self._buffer) < g.window else 1 + (len(self._buffer) - g.window) // g.hop
-        # Window k is surely not the last once window k + 1 is complete: only then are its
-        # frames final. The newest complete window waits for more audio or flush().
-        ready = complete - 1
-        if ready <= 0:
+        # Window k is final as soon as the track is known to extend past its end (so it is
+        # not the last window, which would also own its trailing frames): that releases its
+        # frames the moment it can be computed, not one hop later.
+        total_now = g.total_frames(self._samples_in)
+        ready = 0
+        while (len(self._buffer) >= ready * g.hop + g.window
+               and total_now > (self._windows + ready) * g.hop_frames + g.frames):
+            ready += 1
+        if ready == 0:
             return self._empty()
         pieces = []
         for start in range(0, ready, self.batch):

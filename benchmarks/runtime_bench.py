@@ -1,0 +1,283 @@
+"""Edge-runtime benchmark: what a field recorder spends per second of audio.
+
+    python benchmarks/runtime_bench.py                      # two models built here
+    python benchmarks/runtime_bench.py --model student-int8.tflite   # ... plus an exported one
+
+Measures, each in a fresh subprocess that imports only edge_runtime (as on a device):
+1. throughput on ONE thread: a long synthetic WAV through the real pipeline (file source ->
+   ring buffer -> inference thread -> windows -> decoder -> publisher), as fast as possible;
+   real-time factor = pipeline time / audio time;
+2. end-to-end pipeline time vs the time inside interpreter.invoke() during that run, and vs a
+   bare loop that only calls invoke() on the same number of windows (target <= 1.1x);
+3. peak RSS of that process (ru_maxrss; target <= 150 MB);
+4. detection latency: the file replayed in real time into a local mosquitto; latency = MQTT
+   arrival at a subscriber - the event's end time in the message (the end of the call on the
+   stream's clock, which real-time pacing ties to the wall clock). Target <= 1 s.
+Prints a table and writes benchmarks/out/runtime_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the test helpers: model builder, synth audio, broker
+
+CHILD = r"""
+import json, sys, time
+from edge_runtime.cli import run  # first: it pins numpy's BLAS to one thread, as on a device
+import numpy as np
+from edge_runtime.config import load_config
+from edge_runtime.model import TFLiteModel
+
+model_path, wav, threads, hop = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+cfg = load_config(None, {"model": {"path": model_path, "threads": str(threads), "hop_s": str(hop)},
+                         "audio": {"input": wav, "block_s": "1.0", "start_time": "now"},
+                         "mqtt": {"enabled": "false"}, "log": {"level": "warning"}})
+report = {}
+t0 = time.perf_counter()
+code = run(cfg, report)
+report["process_s"] = time.perf_counter() - t0
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the (tensorflow-sized)
+# parent; the high-water mark of this process's own address space is what a device sees.
+status = open("/proc/self/status").read()
+report["peak_rss_mb"] = int(status.split("VmHWM:")[1].split()[0]) / 1024
+# Bare interpreter: the same number of invoke() calls on prepared inputs, nothing else.
+m = TFLiteModel(model_path, threads)
+x = m.features(np.random.default_rng(0).standard_normal((1, m.card.window_samples)).astype("f4") * 0.1)
+x = m._quantize_in(x)
+interp, index = m.interpreter, m._in["index"]
+interp.set_tensor(index, x)
+interp.invoke()
+t0 = time.perf_counter()
+for _ in range(report["invokes"]):
+    interp.set_tensor(index, x)
+    interp.invoke()
+report["bare_invoke_loop_s"] = time.perf_counter() - t0
+report["exit_code"] = code
+print("REPORT " + json.dumps(report))
+"""
+
+
+def build_student_like_tflite(path: Path, classes: int = 6, channels: int = 96,
+                              dilations: tuple[int, ...] = (1, 2, 4, 8, 1, 2),
+                              hop_s: float = 0.5) -> Path:
+    """A stand-in for export's int8 'pico' student (random weights: timing only): numpy
+    log-mel front end (64 mels, 50 fps) + a full-int8 backbone of 1x1 stem, residual blocks of
+    dilated depthwise conv + 1x1 conv, 1x1 head; float in/out, as notes/export-toolchain.md
+    recommends. Built with tensorflow's own int8 converter, not onnx2tf."""
+    import hashlib
+
+    import tensorflow as tf
+
+    from edge_runtime.card import ModelCard, Quantization
+    from export.card import embed_card_tflite
+    from export.student import default_frontend
+
+    frontend = default_frontend(16000)
+    frames, mels = 16000 // frontend.hop_length, frontend.n_mels
+    rng = np.random.default_rng(0)
+
+    def var(*shape, scale=None):
+        fan_in = int(np.prod(shape[:-1])) if scale is None else 1
+        w = rng.standard_normal(shape) * (scale or np.sqrt(2.0 / fan_in))
+        return tf.constant(w.astype(np.float32))
+
+    stem = var(1, mels, channels)
+    blocks = [(var(1, 3, channels, 1), var(1, channels, channels), d) for d in dilations]
+    head = var(1, channels, classes)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, frames, mels], tf.float32)])
+    def model(x):
+        h = tf.nn.relu(tf.nn.conv1d(x, stem, 1, "SAME"))  # (1, frames, channels)
+        for depthwise, pointwise, d in blocks:
+            y = tf.nn.depthwise_conv2d(h[:, None], depthwise, [1, 1, 1, 1], "SAME",
+                                       dilations=[1, d])[:, 0]
+            y = tf.nn.relu(y)
+            h = tf.nn.relu(h + 0.5 * tf.nn.conv1d(y, pointwise, 1, "SAME"))
+        return tf.nn.conv1d(h, head, 1, "SAME")  # (1, frames, classes)
+
+    def calibration():
+        for _ in range(50):
+            yield [rng.standard_normal((1, frames, mels)).astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [model.get_concrete_function()], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = calibration
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    flat = converter.convert()
+    card = ModelCard(name="student-like-int8", version="bench", sha256=hashlib.sha256(flat).hexdigest(),
+                     sample_rate=16000, window_s=1.0, hop_s=hop_s, frame_rate_hz=50.0,
+                     labels=tuple(f"c{i}" for i in range(classes)),
+                     thresholds=(0.5,) * classes, frontend=frontend,
+                     quantization=Quantization(mode="int8"))
+    Path(path).write_bytes(embed_card_tflite(flat, card))
+    return Path(path)
+
+
+def long_wav(path: Path, seconds: float, sample_rate: int) -> None:
+    from conftest import burst_audio
+
+    from edge_runtime.wav import write_wav
+
+    bursts = [(1.0 + 2.0 * k, 0.3, 0.3 if k % 2 else 0.95) for k in range(int(seconds // 2) - 1)]
+    write_wav(path, burst_audio(seconds, bursts, sample_rate), sample_rate)
+
+
+def throughput(model: Path, wav: Path, hop: float) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(wav), "1", str(hop)],
+                          capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("REPORT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"throughput run failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("REPORT "):])
+
+
+def latency(model: Path, wav: Path, hop: float, workdir: Path) -> dict:
+    from conftest import Collector, Mosquitto, start_runtime
+
+    broker = Mosquitto(workdir / "mosquitto").start()
+    try:
+        sub = Collector(broker)
+        rt = start_runtime("--model", str(model), "--input", str(wav), "--realtime",
+                           "--model-hop-s", str(hop), "--device-id", "bench",
+                           "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port),
+                           "--outbox-path", str(workdir / "outbox.sqlite"),
+                           "--log-level", "warning")
+        _, err = rt.communicate(timeout=600)
+        if rt.returncode:
+            raise SystemExit(f"real-time run failed:\n{err.decode()[-3000:]}")
+        time.sleep(0.5)
+        with sub._lock:
+            arrivals = [(json.loads(p), t) for topic, p, t in sub.messages
+                        if topic.endswith("/detections")]
+        sub.close()
+    finally:
+        broker.kill()
+    lat = [t - datetime.fromisoformat(m["end"].replace("Z", "+00:00")).timestamp()
+           for m, t in arrivals]
+    if not lat:
+        return {"detections": 0}
+    return {"detections": len(lat), "latency_median_s": float(np.median(lat)),
+            "latency_p95_s": float(np.percentile(lat, 95)), "latency_max_s": float(max(lat))}
+
+
+def bench_model(model: Path, label: str, args: argparse.Namespace, tmp: Path) -> dict:
+    from edge_runtime.card import read_card
+    from edge_runtime.model import model_geometry
+
+    card = read_card(model)
+    hop = args.hop_s or card.hop_s
+    geometry = model_geometry(card, hop)
+    wav = tmp / f"long-{card.sample_rate}.wav"
+    if not wav.exists():
+        long_wav(wav, args.audio_s, card.sample_rate)
+    t = throughput(model, wav, hop)
+    short = tmp / f"short-{card.sample_rate}.wav"
+    if not short.exists():
+        long_wav(short, args.latency_s, card.sample_rate)
+    lat = latency(model, short, hop, tmp / f"lat-{card.name}")
+    compute_s = t["invoke_s"] + t.get("frontend_s", 0.0)
+    return {
+        "model": {"source": label, "name": card.name, "quantization": card.quantization.mode,
+                  "frontend": card.frontend.kind, "size_bytes": os.path.getsize(model),
+                  "window_s": card.window_s, "hop_s": geometry.hop / card.sample_rate},
+        "threads": 1,
+        "audio_s": t["audio_s"],
+        "pipeline_s": t["pipeline_s"],
+        "real_time_factor": t["pipeline_s"] / t["audio_s"],
+        "invokes": t["invokes"],
+        "invoke_s": t["invoke_s"],
+        "frontend_s": t.get("frontend_s", 0.0),
+        "bare_invoke_loop_s": t["bare_invoke_loop_s"],
+        "e2e_over_invoke": t["pipeline_s"] / t["invoke_s"],
+        "e2e_over_invoke_plus_frontend": t["pipeline_s"] / compute_s,
+        "e2e_over_bare_loop": t["pipeline_s"] / t["bare_invoke_loop_s"],
+        "ms_per_window_pipeline": 1000 * t["pipeline_s"] / t["invokes"],
+        "ms_per_window_invoke": 1000 * t["invoke_s"] / t["invokes"],
+        "ms_per_window_frontend": 1000 * t.get("frontend_s", 0.0) / t["invokes"],
+        "peak_rss_mb": t["peak_rss_mb"],
+        "detections_throughput_run": t["detections"],
+        "latency": lat,
+    }
+
+
+def print_table(r: dict) -> None:
+    m, lat = r["model"], r["latency"]
+    rows = [
+        ("real-time factor (1 thread)", f"{r['real_time_factor']:.5f}", "<= 0.01"),
+        ("pipeline time / invoke() time", f"{r['e2e_over_invoke']:.2f}x", "<= 1.1x"),
+        ("pipeline time / (invoke + numpy front end)",
+         f"{r['e2e_over_invoke_plus_frontend']:.2f}x", ""),
+        ("pipeline time / bare invoke loop", f"{r['e2e_over_bare_loop']:.2f}x", ""),
+        ("ms per window: pipeline / invoke / front end",
+         f"{r['ms_per_window_pipeline']:.3f} / {r['ms_per_window_invoke']:.3f} / "
+         f"{r['ms_per_window_frontend']:.3f}", ""),
+        ("peak RSS (VmHWM)", f"{r['peak_rss_mb']:.1f} MB", "<= 150 MB"),
+        ("latency median / max (MQTT arrival - call end)",
+         f"{lat.get('latency_median_s', float('nan')):.3f} / "
+         f"{lat.get('latency_max_s', float('nan')):.3f} s (n={lat['detections']})", "<= 1 s"),
+    ]
+    print(f"\n{m['name']} ({m['source']}; {m['quantization']}, {m['frontend']}, "
+          f"{m['size_bytes'] / 1024:.0f} KB), {m['window_s']:g} s windows, hop {m['hop_s']:g} s, "
+          f"{r['audio_s']:.0f} s of audio")
+    width = max(len(row[0]) for row in rows)
+    for name, value, target in rows:
+        print(f"  {name:<{width}}  {value:<34} {target}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, action="append",
+                        help="a carded .tflite to measure too (repeatable), e.g. the int8 "
+                             "student from `meerkit export`")
+    parser.add_argument("--skip-builtin", action="store_true",
+                        help="skip the two models built here (the test energy model and a "
+                             "student-like int8 log-mel model with random weights)")
+    parser.add_argument("--audio-s", type=float, default=600.0, help="throughput audio length")
+    parser.add_argument("--latency-s", type=float, default=20.0, help="real-time replay length")
+    parser.add_argument("--hop-s", type=float, default=0.0, help="window hop (0 = the card's)")
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "benchmarks" / "out" / "runtime_bench.json")
+    args = parser.parse_args()
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="runtime-bench-") as tmp:
+        tmp = Path(tmp)
+        models = []
+        if not args.skip_builtin:
+            from conftest import build_energy_tflite
+
+            models = [(build_energy_tflite(tmp / "energy.tflite"), "tests/conftest.py energy"),
+                      (build_student_like_tflite(tmp / "student.tflite"),
+                       "benchmarks student-like pico, random weights")]
+        models += [(path, str(path)) for path in args.model or []]
+        for path, label in models:
+            results.append(bench_model(path, label, args, tmp))
+            print_table(results[-1])
+    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                       "python": platform.python_version(),
+                       "load_average": os.getloadavg()},
+           "targets": {"real_time_factor": 0.01, "e2e_over_invoke": 1.1, "peak_rss_mb": 150,
+                       "latency_s": 1.0},
+           "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

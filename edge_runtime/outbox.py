@@ -1,0 +1,142 @@
+"""The durable outbox: every detection is on disk (SQLite, WAL, synchronous=FULL) before it is
+handed to the network, and leaves only when the broker acknowledged it (PUBACK).
+
+* Order: rows carry an increasing `seq`; the publisher drains them in that order.
+* Crash safety: a committed row survives kill -9 and power loss (FULL syncs the WAL on every
+  commit; detections are rare enough that this costs nothing measurable).
+* Duplicates: the ids of the last `ACKED_KEEP` acknowledged detections are remembered, so a
+  restart that re-processes the same audio (same start time -> same event ids) does not send
+  them again. A detection that is still unacknowledged is simply kept once.
+* Disk budget (`max_bytes`, payloads plus a per-row overhead estimate): when the outbox is
+  full, NEW detections are refused, counted in `lost` and logged at ERROR level; status shows
+  `outbox_full`. The backlog is never dropped to make room: it is the oldest, already-promised
+  data, and a refused tail is easy to reason about ("everything after T was lost"), while
+  silently deleting old rows would hide a gap in the middle of the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+from edge_runtime.errors import UserError
+
+log = logging.getLogger(__name__)
+
+ROW_OVERHEAD = 128  # bytes per row beyond its payload (ids, index entries, page slack)
+ACKED_KEEP = 10000
+STORED, DUPLICATE, FULL = "stored", "duplicate", "full"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0)
+);
+CREATE TABLE IF NOT EXISTS acked (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE
+);
+"""
+
+
+class Outbox:
+    """Thread-safe SQLite outbox (one connection, one lock: writes are few and small)."""
+
+    def __init__(self, path: str | Path, max_bytes: int = 50 * 1024 * 1024):
+        self.path = str(path)
+        self.max_bytes = int(max_bytes)
+        self._lock = threading.Lock()
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                       timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            depth, used = self._db.execute(
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
+        except sqlite3.DatabaseError as err:
+            raise UserError(f"outbox {self.path}: cannot open ({err}); move the file aside "
+                            "to start a new outbox") from None
+        except OSError as err:
+            raise UserError(f"outbox {self.path}: cannot create ({err.strerror})") from None
+        self._depth = int(depth)
+        self._bytes = int(used) + ROW_OVERHEAD * self._depth
+        self.lost = 0  # refused because the outbox was full
+        self.full = False
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    def add(self, event_id: str, topic: str, payload: str) -> str:
+        """Store a message; STORED, DUPLICATE (already stored or acknowledged) or FULL."""
+        size = len(payload.encode()) + ROW_OVERHEAD
+        with self._lock:
+            if self._db.execute("SELECT 1 FROM acked WHERE event_id = ?", (event_id,)).fetchone():
+                return DUPLICATE
+            if self._bytes + size > self.max_bytes:
+                if not self.full:
+                    log.error("OUTBOX FULL (%.1f of %.1f MB, %d detections waiting): new "
+                              "detections are refused and counted as lost until the broker "
+                              "takes the backlog", self._bytes / 1e6, self.max_bytes / 1e6,
+                              self._depth)
+                self.full = True
+                self.lost += 1
+                log.error("detection %s LOST: outbox full (%d lost so far)", event_id, self.lost)
+                return FULL
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO outbox (event_id, topic, payload) VALUES (?, ?, ?)",
+                (event_id, topic, payload))
+            if cur.rowcount == 0:
+                return DUPLICATE
+            self._depth += 1
+            self._bytes += size
+            return STORED
+
+    def pending(self, after_seq: int = 0, limit: int = 100) -> list[tuple[int, str, str]]:
+        """Up to `limit` stored rows (seq, topic, payload) with seq > after_seq, in order."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit)).fetchall()
+
+    def ack(self, seq: int) -> None:
+        """The broker has it: delete the row, remember its event id."""
+        with self._lock:
+            row = self._db.execute("SELECT event_id, payload FROM outbox WHERE seq = ?",
+                                   (seq,)).fetchone()
+            if row is None:
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                cur = self._db.execute("INSERT OR IGNORE INTO acked (event_id) VALUES (?)",
+                                       (row[0],))
+                if cur.lastrowid and cur.lastrowid % 1000 == 0:
+                    self._db.execute("DELETE FROM acked WHERE n <= ?",
+                                     (cur.lastrowid - ACKED_KEEP,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth -= 1
+            self._bytes -= len(row[1].encode()) + ROW_OVERHEAD
+            if self.full and self._bytes < 0.9 * self.max_bytes:
+                self.full = False
+                log.warning("outbox has room again (%d detections waiting); %d were lost while "
+                            "it was full", self._depth, self.lost)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,352 @@
+"""Where detections go. The detector only sees the `Publisher` interface (publish/status/
+close); `MqttPublisher` is the field implementation, `PrintPublisher` writes JSON lines to
+stdout (for `mqtt.enabled = false`, debugging, piping into other tools).
+
+MQTT (paho-mqtt 2.x, MQTT 3.1.1):
+* detections: `<prefix>/<device>/detections`, QoS 1, not retained; each message is first
+  stored in the outbox and deleted only when its PUBACK arrives (on_publish, by message id).
+  At most `max_inflight` messages are handed to paho at a time, in outbox order; the rest
+  wait on disk, so a week without a broker costs disk, not RAM. Messages paho already holds
+  are re-sent by paho itself after a reconnect, so nothing is handed over twice.
+* availability: `<prefix>/<device>/status`, retained, the plain strings "online" (published
+  on every connect) and "offline" (the last will, registered before connecting, and
+  published explicitly on a clean exit).
+* stats: `<prefix>/<device>/status/stats`, retained JSON (schemas/status.schema.json) every
+  `stats_interval_s`. Kept off the availability topic so "online"/"offline" stays a plain
+  string any dashboard understands; subscribe to `<prefix>/<device>/status/#` for both.
+* reconnects: paho's capped exponential backoff (reconnect_min_s .. reconnect_max_s) plus a
+  random jitter of up to half the current delay, so a fleet does not reconnect in lock-step
+  after a broker restart. A broker that is down at boot is normal operation: detections
+  queue in the outbox. Refused credentials are logged as errors and retried with backoff.
+
+Threads: paho's network thread only runs callbacks that put events on a queue (paho holds
+its message lock while calling on_publish); one sender thread owns the outbox <-> paho
+hand-over, so no lock is ever taken in a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import random
+import ssl
+import sys
+import threading
+import time
+from typing import Any, Protocol, TextIO
+
+from edge_runtime.config import MqttConfig
+from edge_runtime.errors import UserError
+from edge_runtime.outbox import FULL, STORED, Outbox
+from edge_runtime.stream import iso_utc
+
+log = logging.getLogger(__name__)
+
+STATUS_SCHEMA = 1
+
+
+class Publisher(Protocol):
+    def publish(self, message: dict[str, Any]) -> None:
+        """Take a detection message; returns once it is safely stored (or refused loudly)."""
+
+    def status(self, stats: dict[str, Any]) -> None:
+        """Periodic runtime statistics."""
+
+    def stats(self) -> dict[str, Any]:
+        """The publisher's own counters (outbox depth, lost, published...)."""
+
+    def close(self, timeout_s: float) -> int:
+        """Deliver what can be delivered within `timeout_s`; return how many remain unsent."""
+
+
+class PrintPublisher:
+    """Detections as JSON lines on a text stream (not durable: for debugging and pipes)."""
+
+    def __init__(self, out: TextIO | None = None):
+        self.out = out or sys.stdout
+        self.published = 0
+
+    def publish(self, message: dict[str, Any]) -> None:
+        line = json.dumps({**message, "published_at": iso_utc(time.time())}, sort_keys=True)
+        print(line, file=self.out, flush=True)
+        self.published += 1
+
+    def status(self, stats: dict[str, Any]) -> None:
+        log.debug("status %s", json.dumps(stats, sort_keys=True))
+
+    def stats(self) -> dict[str, Any]:
+        return {"outbox_depth": 0, "outbox_bytes": 0, "outbox_full": False, "events_lost": 0,
+                "published": self.published, "connected": None}
+
+    def close(self, timeout_s: float) -> int:
+        return 0
+
+
+def topics(cfg: MqttConfig, device_id: str) -> dict[str, str]:
+    base = f"{cfg.topic_prefix}/{device_id}"
+    return {"detections": f"{base}/detections", "status": f"{base}/status",
+            "stats": f"{base}/status/stats"}
+
+
+def _require_file(path: str, what: str) -> None:
+    if path and not os.path.isfile(path):
+        raise UserError(f"mqtt.{what} {path}: file not found")
+
+
+def make_client(cfg: MqttConfig, device_id: str, password: str | None, suffix: str = ""):
+    """A configured paho client (will, credentials, TLS), not yet connected."""
+    from paho.mqtt import client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                         client_id=(cfg.client_id or f"edge-runtime-{device_id}") + suffix,
+                         protocol=mqtt.MQTTv311, clean_session=True)
+    # The last will must be registered before connecting: the broker stores it in CONNECT.
+    client.will_set(topics(cfg, device_id)["status"], "offline", qos=1, retain=True)
+    if cfg.username:
+        client.username_pw_set(cfg.username, password)
+    elif password:
+        raise UserError("an MQTT password is set (file or environment) but mqtt.username is empty")
+    if cfg.tls:
+        for path, what in ((cfg.ca_file, "ca_file"), (cfg.cert_file, "cert_file"),
+                           (cfg.key_file, "key_file")):
+            _require_file(path, what)
+        try:
+            client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None,
+                           keyfile=cfg.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+        except (ssl.SSLError, OSError, ValueError) as err:
+            raise UserError(f"mqtt TLS files (ca {cfg.ca_file!r}, cert {cfg.cert_file!r}, key "
+                            f"{cfg.key_file!r}) cannot be loaded: {err}") from None
+    elif cfg.ca_file or cfg.cert_file:
+        log.warning("mqtt.ca_file/cert_file are set but mqtt.tls is false: connecting in clear")
+    client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # floats work
+    client.max_inflight_messages_set(cfg.max_inflight)
+    return client
+
+
+def broker_port(cfg: MqttConfig) -> int:
+    return cfg.port or (8883 if cfg.tls else 1883)
+
+
+class MqttPublisher:
+    """Outbox-backed MQTT publisher (see the module docstring)."""
+
+    def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox,
+                 password: str | None = None):
+        self.cfg, self.device_id, self.outbox = cfg, device_id, outbox
+        self.topics = topics(cfg, device_id)
+        self.address = f"{cfg.host}:{broker_port(cfg)}"
+        self.client = make_client(cfg, device_id, password)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_publish = self._on_publish
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
+        self._last_seq = 0  # highest outbox seq handed to paho by this process
+        self._stop = threading.Event()
+        self._connected = False
+        self._failures = 0  # consecutive failed connection attempts
+        self._refused_reason = ""
+        self._last_stats: dict[str, Any] | None = None
+        self.published = 0  # acknowledged by the broker
+        self.connects = 0
+        self.stored = 0
+        self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        log.info("MQTT: connecting to %s as %s (TLS %s, user %s); %d detection(s) wait in the "
+                 "outbox", self.address, self.device_id, "on" if self.cfg.tls else "off",
+                 self.cfg.username or "-", self.outbox.depth)
+        self.client.connect_async(self.cfg.host, broker_port(self.cfg), self.cfg.keepalive_s)
+        self.client.loop_start()
+        self._sender.start()
+
+    def close(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.outbox.depth and time.monotonic() < deadline:
+            self._events.put(("poke", None))
+            time.sleep(0.05)
+        remaining = self.outbox.depth
+        self._events.put(("stop", None))  # the sender handles what is queued (final stats) first
+        self._sender.join(timeout=5.0)
+        self._stop.set()
+        if self._connected:
+            info = self.client.publish(self.topics["status"], "offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=2.0)
+        self.client.disconnect()
+        self.client.loop_stop()
+        if remaining:
+            log.warning("%d detection(s) not yet acknowledged by %s stay in the outbox (%s) "
+                        "and are sent on the next start", remaining, self.address,
+                        self.outbox.path)
+        return remaining
+
+    # ---------------------------------------------------------------- detector side
+    def publish(self, message: dict[str, Any]) -> None:
+        payload = json.dumps(message, sort_keys=True)
+        result = self.outbox.add(message["event_id"], self.topics["detections"], payload)
+        if result == STORED:
+            self.stored += 1
+            self._events.put(("new", None))
+        elif result == FULL:
+            self._events.put(("full", None))  # tell the world now, not at the next interval
+        else:
+            log.info("detection %s was already stored or acknowledged: not sent again",
+                     message["event_id"])
+
+    def status(self, stats: dict[str, Any]) -> None:
+        self._events.put(("stats", stats))
+
+    def stats(self) -> dict[str, Any]:
+        return {"outbox_depth": self.outbox.depth, "outbox_bytes": self.outbox.bytes_used,
+                "outbox_full": self.outbox.full, "events_lost": self.outbox.lost,
+                "published": self.published, "connected": self._connected,
+                "connects": self.connects}
+
+    # ---------------------------------------------------------------- paho callbacks (network thread)
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._failures += 1
+            reason = str(reason_code)
+            if reason != self._refused_reason:
+                hint = (" (check mqtt.username and the password file/environment variable)"
+                        if "authori" in reason.lower() or "password" in reason.lower() else "")
+                log.error("MQTT broker %s refused the connection: %s%s; retrying with backoff",
+                          self.address, reason, hint)
+                self._refused_reason = reason
+            self._jitter()
+            return
+        self._failures = 0
+        self._refused_reason = ""
+        self._events.put(("connected", None))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self._connected
+        self._events.put(("disconnected", None))
+        if was and not self._stop.is_set():
+            log.warning("MQTT: lost connection to %s (%s); detections queue in the outbox",
+                        self.address, reason_code)
+        if not self._stop.is_set():
+            self._jitter()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._failures += 1
+        if self._failures == 1 or self._failures % 20 == 0:
+            log.warning("MQTT broker %s unreachable%s (attempt %d); detections are kept in the "
+                        "outbox; retrying with backoff up to %g s (`edge-runtime --check` shows "
+                        "details)", self.address, " or TLS handshake failed" if self.cfg.tls else "",
+                        self._failures, self.cfg.reconnect_max_s)
+        self._jitter()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self._events.put(("ack", mid))
+
+    def _jitter(self) -> None:
+        """Runs before paho's backoff wait: spread reconnects over up to half the delay."""
+        delay = min(self.cfg.reconnect_max_s,
+                    self.cfg.reconnect_min_s * 2 ** min(self._failures, 30))
+        self._stop.wait(random.uniform(0.0, 0.5 * delay))
+
+    # ---------------------------------------------------------------- sender thread
+    def _sender_main(self) -> None:
+        while True:
+            try:
+                events = [self._events.get(timeout=0.5)]
+            except queue.Empty:
+                events = []
+            while True:
+                try:
+                    events.append(self._events.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._handle(events)
+            except Exception:  # a bug here must not stop delivery silently
+                log.exception("MQTT sender: unexpected error (continuing)")
+            if any(kind == "stop" for kind, _ in events):
+                return
+
+    def _handle(self, events: list[tuple[str, Any]]) -> None:
+        for kind, value in events:
+            if kind == "ack":
+                seq = self._inflight.pop(value, None)
+                if seq is not None:
+                    self.outbox.ack(seq)
+                    self.published += 1
+            elif kind == "connected":
+                self._connected = True
+                self.connects += 1
+                log.info("MQTT: connected to %s (connection %d); %d detection(s) to send",
+                         self.address, self.connects, self.outbox.depth)
+                self.client.publish(self.topics["status"], "online", qos=1, retain=True)
+                if self._last_stats is not None:
+                    self._publish_stats(self._last_stats)
+            elif kind == "disconnected":
+                self._connected = False
+            elif kind == "stats":
+                self._last_stats = value
+                if self._connected:
+                    self._publish_stats(value)
+            elif kind == "full" and self._connected and self._last_stats is not None:
+                self._publish_stats({**self._last_stats, **self.stats()})
+        self._fill()
+
+    def _publish_stats(self, stats: dict[str, Any]) -> None:
+        body = {"schema": STATUS_SCHEMA, "state": "online", "device_id": self.device_id,
+                "time": iso_utc(time.time()), **stats, **self.stats()}
+        self.client.publish(self.topics["stats"], json.dumps(body, sort_keys=True), qos=1,
+                            retain=True)
+
+    def _fill(self) -> None:
+        """Hand the next outbox rows to paho, in order, up to max_inflight at a time."""
+        from paho.mqtt.client import MQTTErrorCode
+
+        while self._connected and len(self._inflight) < self.cfg.max_inflight:
+            rows = self.outbox.pending(self._last_seq, self.cfg.max_inflight - len(self._inflight))
+            if not rows:
+                return
+            for seq, topic, payload in rows:
+                stamped = payload[:-1] + f', "published_at": "{iso_utc(time.time())}"}}'
+                info = self.client.publish(topic, stamped, qos=1, retain=False)
+                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    log.warning("MQTT: publish of outbox row %d failed (%s); retrying later",
+                                seq, info.rc)
+                    return
+                # NO_CONN: paho keeps the message and sends it after the reconnect
+                self._inflight[info.mid] = seq
+                self._last_seq = seq
+
+
+def check_broker(cfg: MqttConfig, device_id: str, password: str | None,
+                 timeout_s: float = 5.0) -> tuple[bool, str]:
+    """Connect once, synchronously: (ok, what happened) for `edge-runtime --check`."""
+    address = f"{cfg.host}:{broker_port(cfg)}"
+    # Its own client id (the same id would kick a running runtime off the broker) and no
+    # "offline" will: a failed check must not mark a running device offline.
+    client = make_client(cfg, device_id, password, suffix="-check")
+    client.will_clear()
+    result: dict[str, Any] = {}
+    client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
+    client.connect_timeout = timeout_s
+    try:
+        client.connect(cfg.host, broker_port(cfg), keepalive=max(5, cfg.keepalive_s))
+    except ssl.SSLCertVerificationError as err:
+        return False, f"{address}: TLS certificate not trusted ({err.verify_message}); check mqtt.ca_file"
+    except (ssl.SSLError, OSError) as err:
+        return False, f"{address}: cannot connect ({err.__class__.__name__}: {err})"
+    deadline = time.monotonic() + timeout_s
+    while "rc" not in result and time.monotonic() < deadline:
+        client.loop(timeout=0.1)
+    client.disconnect()
+    if "rc" not in result:
+        return False, f"{address}: no answer to CONNECT within {timeout_s:g} s"
+    rc = result["rc"]
+    if rc.is_failure:
+        return False, f"{address}: broker refused the connection: {rc}"
+    return True, (f"{address}: connected (TLS {'on' if cfg.tls else 'off'}, user "
+                  f"{cfg.username or '-'})")

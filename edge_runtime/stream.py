@@ -1,0 +1,351 @@
+"""Capture thread -> bounded ring buffer -> inference thread -> windows -> decoder -> detections.
+
+* `RingBuffer` holds captured blocks, each stamped with its index in the source's sample
+  count. Live sources never wait: when inference falls behind and the buffer is full, the
+  incoming block is dropped and counted (status: `dropped_audio_s`, `overruns`). Files read
+  as fast as possible wait instead (back-pressure): there is no sound card to keep up with.
+* `Detector` (no threads) turns model-rate mono audio into `Detection`s with
+  `edge_runtime.windows.WindowedStream` + `edge_runtime.events.StreamingDecoder` — the same
+  objects the offline tools use, so a replayed file gives the offline events. A gap in the
+  input (dropped audio) ends the current segment (its events are closed) and starts a new
+  one at the right time: event times never slide after an overrun.
+* Event ids are sha256(device, model sha256, label, onset sample)[:16] with the onset as an
+  absolute sample index (Unix time x sample rate): a resend, or a re-run of the same file with
+  the same start time, gives the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.audio import Conformer, Source
+from edge_runtime.card import ModelCard
+from edge_runtime.events import DecoderConfig, Event, StreamingDecoder
+from edge_runtime.windows import WindowedStream, WindowFn, WindowGeometry
+
+log = logging.getLogger(__name__)
+
+DETECTION_SCHEMA = 1
+
+
+# ------------------------------------------------------------------------- ring buffer
+class RingBuffer:
+    """Bounded FIFO of (start index, samples) blocks between two threads."""
+
+    def __init__(self, capacity_frames: int, wait_when_full: bool):
+        self.capacity = max(1, capacity_frames)
+        self.wait_when_full = wait_when_full
+        self._blocks: deque[tuple[int, np.ndarray, float]] = deque()
+        self._fill = 0
+        self._next = 0  # source index of the next block put
+        self._closed = False
+        self._cond = threading.Condition()
+        self.dropped_frames = 0
+        self.overruns = 0
+        self.high_water = 0
+
+    def put(self, block: np.ndarray) -> None:
+        n = len(block)
+        with self._cond:
+            if self._closed:
+                return
+            start, self._next = self._next, self._next + n
+            if self._fill + n > self.capacity and self._fill:
+                if not self.wait_when_full:
+                    self.overruns += 1
+                    self.dropped_frames += n
+                    if self.overruns == 1 or self.overruns % 100 == 0:
+                        log.warning("audio overrun: inference is behind, %d block(s) of audio "
+                                    "dropped so far (see status dropped_audio_s)", self.overruns)
+                    return
+                while self._fill + n > self.capacity and self._fill and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            self._blocks.append((start, block, time.time()))  # wall clock at capture
+            self._fill += n
+            self.high_water = max(self.high_water, self._fill)
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> tuple[int, np.ndarray, float] | None:
+        """The next (start index, block, wall time of its arrival); None at the end (closed
+        and drained). Raises TimeoutError."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._blocks or self._closed, timeout):
+                raise TimeoutError
+            if not self._blocks:
+                return None
+            item = self._blocks.popleft()
+            self._fill -= len(item[1])
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        """No more input: get() drains what is buffered, then returns None."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def fill(self) -> int:
+        return self._fill
+
+
+# ------------------------------------------------------------------------- detections
+@dataclass(frozen=True)
+class Detection:
+    event_id: str
+    label: str
+    start: float  # Unix time of the onset
+    end: float
+    confidence_max: float
+    confidence_mean: float
+    onset_sample: int  # absolute: Unix time x sample rate
+    stream_start_s: float  # onset relative to the stream start (clips, tests)
+    stream_end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end - self.start
+
+
+def event_id(device_id: str, model_sha256: str, label: str, onset_sample: int) -> str:
+    key = f"{device_id}\n{model_sha256}\n{label}\n{onset_sample}".encode()
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def iso_utc(t: float) -> str:
+    """Unix time -> ISO 8601 UTC with millisecond precision, e.g. 2024-01-31T23:59:59.123Z."""
+    when = datetime.fromtimestamp(round(t, 3), timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def detection_message(d: Detection, card: ModelCard, device_id: str, site: str = "",
+                      lat: float | None = None, lon: float | None = None) -> dict[str, Any]:
+    """The JSON message of schemas/detection.schema.json (without published_at, which the
+    publisher adds when it hands the message to the broker)."""
+    msg: dict[str, Any] = {
+        "schema": DETECTION_SCHEMA,
+        "event_id": d.event_id,
+        "device_id": device_id,
+        "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
+        "label": d.label,
+        "confidence": {"max": round(d.confidence_max, 6), "mean": round(d.confidence_mean, 6)},
+        "start": iso_utc(d.start),
+        "end": iso_utc(d.end),
+        "duration_s": round(d.duration_s, 6),
+    }
+    if lat is not None and lon is not None:
+        msg["location"] = {"lat": lat, "lon": lon}
+    if site:
+        msg["site"] = site
+    return msg
+
+
+class Detector:
+    """Model-rate mono audio (with its sample index) -> detections. Not thread-safe."""
+
+    def __init__(self, window_fn: WindowFn, card: ModelCard, geometry: WindowGeometry,
+                 decoder: DecoderConfig, device_id: str, start_time: float):
+        self.fn, self.card, self.g, self.decoder_cfg = window_fn, card, geometry, decoder
+        self.device_id, self.start_time = device_id, start_time
+        self._origin = round(start_time * card.sample_rate)  # absolute index of sample 0
+        self._segment = 0  # sample index where the current segment starts
+        self._next = 0  # expected index of the next sample
+        self.samples = 0  # samples processed
+        self.segments = 1
+        self._open()
+
+    def _open(self) -> None:
+        # Batches of windows amortise the per-call numpy overhead (the interpreter still runs
+        # them one by one: artifacts have static batch-1 shapes).
+        self._stream = WindowedStream(self.g, self.fn, batch=16)
+        self._decoder = StreamingDecoder(self.card.labels, self.card.frame_rate_hz,
+                                         self.decoder_cfg,
+                                         start_s=self._segment / self.card.sample_rate)
+
+    def _detections(self, events: list[Event]) -> list[Detection]:
+        sr, fr = self.card.sample_rate, self.card.frame_rate_hz
+        out = []
+        for e in events:
+            onset = self._origin + self._segment + round(e.onset_frame * sr / fr)
+            out.append(Detection(
+                event_id=event_id(self.device_id, self.card.sha256, e.label, onset),
+                label=e.label, start=self.start_time + e.start_s, end=self.start_time + e.end_s,
+                confidence_max=float(e.confidence_max), confidence_mean=float(e.confidence_mean),
+                onset_sample=onset, stream_start_s=e.start_s, stream_end_s=e.end_s))
+        return out
+
+    def push(self, samples: np.ndarray, at: int | None = None) -> list[Detection]:
+        """Add mono float32 samples whose first one has index `at` (default: contiguous)."""
+        out: list[Detection] = []
+        if at is not None and at != self._next:
+            out = self._close_segment()
+            self._segment = self._next = at
+            self.segments += 1
+            self._open()
+        self._next += len(samples)
+        self.samples += len(samples)
+        frames = self._stream.push(samples)
+        if frames.size:
+            out += self._detections(self._decoder.push(frames))
+        return out
+
+    def _close_segment(self) -> list[Detection]:
+        out: list[Detection] = []
+        if self._next > self._segment:
+            frames = self._stream.flush()
+            if frames.size:
+                out += self._detections(self._decoder.push(frames))
+        out += self._detections(self._decoder.flush())
+        return out
+
+    def flush(self) -> list[Detection]:
+        """End of the stream: every remaining event."""
+        out = self._close_segment()
+        self._segment = self._next
+        self._open()
+        return out
+
+
+# ------------------------------------------------------------------------- threads
+Emit = Callable[[list[Detection]], None]
+AudioTap = Callable[[np.ndarray, int], None]  # (model-rate mono samples, index of the first)
+
+
+class Pipeline:
+    """Runs a source in a capture thread and detection in an inference thread."""
+
+    def __init__(self, source: Source, conformer: Conformer, detector: Detector, emit: Emit,
+                 buffer_s: float = 30.0, tap: AudioTap | None = None,
+                 max_clock_drift_s: float = 0.2, drift_blocks: int = 50):
+        self.source, self.conformer, self.detector = source, conformer, detector
+        self.max_clock_drift_s, self.drift_blocks = max_clock_drift_s, drift_blocks
+        self.reanchors = 0
+        self.emit, self.tap = emit, tap
+        self.ring = RingBuffer(round(buffer_s * source.sample_rate), wait_when_full=not source.live)
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.busy_s = 0.0  # inference-thread time spent processing (not waiting)
+        self.detections = 0
+        self.started_at = time.monotonic()
+        self._capture = threading.Thread(target=self._capture_main, name="capture", daemon=True)
+        self._infer = threading.Thread(target=self._infer_main, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self._capture.start()
+        self._infer.start()
+
+    def stop(self) -> None:
+        """Stop capturing; the inference thread finishes what was captured, then ends."""
+        self.stop_event.set()
+        # A capture thread blocked in a read (stdin) cannot be interrupted: end the buffer.
+        self._capture.join(timeout=1.0)
+        self.ring.close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._infer.join(timeout)
+        return not self._infer.is_alive()
+
+    @property
+    def done(self) -> bool:
+        return not self._infer.is_alive()
+
+    def _capture_main(self) -> None:
+        try:
+            self.source.run(self.ring.put, self.stop_event)
+        except BaseException as err:  # reported by the supervisor, not swallowed
+            self.error = err
+        finally:
+            self.ring.close()
+
+    def _infer_main(self) -> None:
+        try:
+            self._infer_loop()
+        except BaseException as err:
+            self.error = err
+            self.stop_event.set()
+            self.ring.close()
+
+    def _infer_loop(self) -> None:
+        conf, det = self.conformer, self.detector
+        rate = self.source.sample_rate
+        ratio = det.card.sample_rate / rate
+        expected = 0  # source index of the next contiguous block
+        model_index = 0  # model-rate index of the conformer's next output sample
+        # A sound card's clock is not the system clock (tens of ppm: seconds per day).
+        # Event times come from the sample count, so for clocked sources the lag between
+        # block arrival and its predicted time is watched; its minimum over `drift_blocks`
+        # blocks (scheduling only ever delays arrivals) beyond `max_clock_drift_s` shifts
+        # the index, i.e. starts a new segment on the wall clock's time.
+        clocked = getattr(self.source, "clocked", False)
+        offset = 0  # source frames added to capture indices to follow the wall clock
+        lags: deque[float] = deque(maxlen=self.drift_blocks)
+        while True:
+            try:
+                item = self.ring.get(timeout=0.5)
+            except TimeoutError:
+                continue
+            if item is None:
+                break
+            start, block, wall = item
+            t0 = time.perf_counter()
+            if clocked:
+                lags.append(wall - det.start_time - (start + offset + len(block)) / rate)
+                if len(lags) == lags.maxlen and abs(min(lags)) > self.max_clock_drift_s:
+                    log.info("audio clock is %+.3f s off the system clock: re-anchoring event "
+                             "times (new segment)", min(lags))
+                    offset += round(min(lags) * rate)
+                    self.reanchors += 1
+                    lags.clear()
+            start += offset
+            if start != expected:  # audio was dropped (or re-anchored): close the segment
+                self._push(conf.flush(), model_index)
+                model_index = round(start * ratio)
+                conf.reset()
+            expected = start + len(block)
+            mono = conf.process(block)
+            self._push(mono, model_index)
+            model_index += len(mono)
+            self.busy_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._push(conf.flush(), model_index)
+        self._emit(det.flush())
+        self.busy_s += time.perf_counter() - t0
+
+    def _push(self, mono: np.ndarray, at: int) -> None:
+        if self.tap is not None and len(mono):
+            self.tap(mono, at)
+        self._emit(self.detector.push(mono, at))
+
+    def _emit(self, detections: list[Detection]) -> None:
+        if detections:
+            self.detections += len(detections)
+            self.emit(detections)
+
+    def stats(self) -> dict[str, Any]:
+        sr = self.detector.card.sample_rate
+        audio_s = self.detector.samples / sr
+        return {
+            "audio_s": round(audio_s, 3),
+            "busy_s": round(self.busy_s, 3),
+            "real_time_factor": round(self.busy_s / audio_s, 5) if audio_s else None,
+            "dropped_audio_s": round(self.ring.dropped_frames / self.source.sample_rate, 3),
+            "overruns": self.ring.overruns + int(getattr(self.source, "overflows", 0)),
+            "buffer_high_water_s": round(self.ring.high_water / self.source.sample_rate, 3),
+            "nonfinite_samples": self.conformer.nonfinite,
+            "segments": self.detector.segments,
+            "clock_reanchors": self.reanchors,
+            "detections": self.detections,
+        }

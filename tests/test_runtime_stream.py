@@ -1,0 +1,215 @@
+"""edge_runtime.stream: streaming detection == offline detection; gaps keep event times right;
+messages match the schema."""
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import burst_audio, regular_bursts
+
+from edge_runtime.audio import Conformer, Source, StdinSource, WavSource
+from edge_runtime.events import DecoderConfig, decode_events
+from edge_runtime.model import TFLiteModel, model_geometry
+from edge_runtime.publish import PrintPublisher
+from edge_runtime.stream import Detector, Pipeline, detection_message, event_id, iso_utc
+from edge_runtime.wav import write_wav
+from edge_runtime.windows import track
+
+T0 = 1704067200.0  # 2024-01-01T00:00:00Z
+SCHEMA = Path(__file__).resolve().parents[1] / "edge_runtime" / "schemas" / "detection.schema.json"
+DECODER = DecoderConfig(threshold=[0.5, 0.5], hysteresis=0.1, max_duration_s=30.0)
+
+
+def offline(model, audio):
+    probs = track(audio, model_geometry(model.card), model.window_fn)
+    return decode_events(probs, model.card.labels, model.card.frame_rate_hz, DECODER)
+
+
+def key(events):
+    return sorted((e.label, round(e.start_s, 6), round(e.end_s, 6)) for e in events)
+
+
+@pytest.fixture(scope="module")
+def model(energy_model):
+    return TFLiteModel(energy_model)
+
+
+def test_streaming_in_any_chunking_equals_offline(model):
+    audio = burst_audio(7.0, regular_bursts(7.0))
+    expected = offline(model, audio)
+    assert len(expected) == 10  # 7 bursts, 3 of them also very loud
+    rng = np.random.default_rng(0)
+    det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "dev", T0)
+    got, pos = [], 0
+    while pos < len(audio):
+        n = int(rng.integers(1, 6000))
+        got += det.push(audio[pos : pos + n])
+        pos += n
+    got += det.flush()
+    assert [(d.label, d.stream_start_s, d.stream_end_s) for d in sorted(
+        got, key=lambda d: (d.stream_start_s, d.label))] == [
+        (e.label, e.start_s, e.end_s) for e in expected]
+    for d, e in zip(sorted(got, key=lambda d: (d.stream_start_s, d.label)), expected, strict=True):
+        assert d.confidence_max == pytest.approx(e.confidence_max, abs=1e-9)
+        assert d.start == T0 + e.start_s
+
+
+def test_event_ids_are_deterministic(model):
+    audio = burst_audio(3.0, [(1.0, 0.3, 0.3)])
+
+    def ids(device, t0):
+        det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, device, t0)
+        return [d.event_id for d in det.push(audio) + det.flush()]
+
+    assert ids("a", T0) == ids("a", T0)
+    assert ids("a", T0) != ids("b", T0) and ids("a", T0) != ids("a", T0 + 1)
+    onset = round(T0 * 16000) + 16000
+    assert ids("a", T0) == [event_id("a", model.card.sha256, "loud", onset)]
+
+
+def test_a_gap_closes_the_segment_and_keeps_later_times_right(model):
+    det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "d", T0)
+    first = burst_audio(2.0, [(1.7, 0.5, 0.3)])  # the burst is cut by the gap
+    second = burst_audio(2.0, [(0.5, 0.3, 0.3)])
+    out = det.push(first, at=0) + det.push(second, at=16000 * 5) + det.flush()
+    times = sorted((d.stream_start_s, d.stream_end_s) for d in out)
+    assert times == [(1.7, 2.0), (5.5, 5.8)]
+    assert det.segments == 2
+
+
+def test_message_matches_schema(model):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA.read_text())
+    det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "pi-7", T0)
+    d = (det.push(burst_audio(2.0, [(0.5, 0.3, 0.95)])) + det.flush())[0]
+    msg = detection_message(d, model.card, "pi-7", site="kalahari-3", lat=-26.9, lon=21.8)
+    out = io.StringIO()
+    PrintPublisher(out).publish(msg)
+    printed = json.loads(out.getvalue())
+    jsonschema.validate(printed, schema)
+    assert printed["start"] == "2024-01-01T00:00:00.500Z" and printed["duration_s"] == 0.3
+    assert printed["location"] == {"lat": -26.9, "lon": 21.8} and printed["site"] == "kalahari-3"
+    jsonschema.validate({**printed, "published_at": iso_utc(T0)}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**printed, "unexpected": 1}, schema)
+
+
+def run_pipeline(model, source, buffer_s=30.0):
+    conformer = Conformer(source.sample_rate, source.channels, 16000)
+    det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "d", T0)
+    got = []
+    pipe = Pipeline(source, conformer, det, got.extend, buffer_s=buffer_s)
+    pipe.start()
+    assert pipe.join(30)
+    assert pipe.error is None
+    return got, pipe.stats()
+
+
+def test_pipeline_on_a_file_equals_offline(model, tmp_path):
+    audio = burst_audio(6.0, regular_bursts(6.0))
+    path = tmp_path / "a.wav"
+    write_wav(path, audio, 16000)
+    got, stats = run_pipeline(model, WavSource(path, block_s=0.05))
+    from edge_runtime.wav import read_wav
+
+    expected = offline(model, read_wav(path)[0][:, 0])  # the 16-bit file, as offline tools read it
+    assert key([_event(d) for d in got]) == key(expected)
+    assert stats["audio_s"] == 6.0 and stats["dropped_audio_s"] == 0 and stats["overruns"] == 0
+
+
+def test_pipeline_resamples_stereo_48k(model, tmp_path):
+    bursts = regular_bursts(4.0)
+    mono = burst_audio(4.0, bursts, sample_rate=48000)
+    path = tmp_path / "stereo48k.wav"
+    write_wav(path, np.stack([mono, 0.9 * mono], 1), 48000, bits=24)
+    got, stats = run_pipeline(model, WavSource(path))
+    expected = offline(model, burst_audio(4.0, bursts))
+    g, e = key([_event(d) for d in got]), key(expected)
+    assert [x[0] for x in g] == [x[0] for x in e]
+    assert np.allclose([x[1:] for x in g], [x[1:] for x in e], atol=0.021)  # within a frame
+    assert stats["audio_s"] == pytest.approx(4.0, abs=1e-3)
+
+
+class FastPipe:
+    """A producer that delivers audio 50x faster than real time (a pipe from a fast process)."""
+
+    def __init__(self, data: bytes):
+        self.buf = io.BytesIO(data)
+
+    def read(self, n: int) -> bytes:
+        time.sleep(0.002)
+        return self.buf.read(n)
+
+
+class SlowModel:
+    """The test model on a device 10 ms slower per window (a weak CPU)."""
+
+    def __init__(self, model):
+        self.model, self.card = model, model.card
+
+    def window_fn(self, windows):
+        time.sleep(0.01 * len(windows))
+        return self.model.window_fn(windows)
+
+
+def test_overruns_are_counted_and_times_stay_true(model):
+    """A live source faster than inference into a 0.3 s buffer: audio is dropped, the drops
+    are reported, and every detection still lies on a real burst."""
+    bursts = regular_bursts(20.0, every_s=0.5, length_s=0.2)
+    audio = burst_audio(20.0, bursts)
+    source = StdinSource("f32le", 16000, 1, block_s=0.1, stream=FastPipe(audio.tobytes()))
+    got, stats = run_pipeline(SlowModel(model), source, buffer_s=0.3)
+    assert stats["overruns"] > 0 and stats["dropped_audio_s"] > 0 and stats["segments"] > 1
+    assert stats["audio_s"] + stats["dropped_audio_s"] == pytest.approx(20.0, abs=1e-6)
+    assert got  # short segments between drops still detect
+    for d in got:
+        assert any(d.stream_start_s < s + n + 0.02 and d.stream_end_s > s - 0.02
+                   for s, n, _ in bursts), d
+
+
+def _event(d):
+    from edge_runtime.events import Event
+
+    return Event(d.label, d.stream_start_s, d.stream_end_s, d.confidence_max, d.confidence_mean)
+
+
+class SkewedSoundCard(Source):
+    """A sound card whose clock runs 10 % fast: 1 s of samples every 0.9 s of wall time."""
+
+    sample_rate, channels, live, clocked, description = 16000, 1, True, True, "skewed card"
+
+    def __init__(self, audio, skew=0.1, block_s=0.05):
+        self.audio, self.skew, self.block = audio, skew, round(block_s * 16000)
+        self.t0 = None
+
+    def run(self, put, stop):
+        self.t0 = time.time()
+        for i in range(0, len(self.audio), self.block):
+            x = self.audio[i : i + self.block]
+            due = self.t0 + (i + len(x)) / 16000 * (1 - self.skew)
+            time.sleep(max(0.0, due - time.time()))
+            put(x[:, None])
+
+    def wall(self, seconds):
+        return self.t0 + seconds * (1 - self.skew)
+
+
+def test_event_times_follow_the_wall_clock_when_the_sound_card_drifts(model):
+    bursts = regular_bursts(3.0, every_s=0.5, length_s=0.2)
+    card = SkewedSoundCard(burst_audio(3.0, bursts))
+    det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "d",
+                   time.time())
+    got = []
+    pipe = Pipeline(card, Conformer(16000, 1, 16000), det, got.extend, max_clock_drift_s=0.04,
+                    drift_blocks=4)
+    pipe.start()
+    assert pipe.join(30) and pipe.error is None
+    assert pipe.reanchors >= 2
+    late = [d for d in got if d.stream_start_s > 2.0]
+    assert late
+    for d in late:  # without re-anchoring these would be >= 0.2 s early
+        burst = min(bursts, key=lambda b: abs(b[0] - d.stream_start_s))
+        assert abs(d.start - card.wall(burst[0])) < 0.1, (d.start - card.wall(burst[0]))
