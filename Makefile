@@ -34,11 +34,7 @@ $(VENV)/.installed: pyproject.toml
 venv: sysdeps $(VENV)/.installed
 
 demo: venv
-	@echo ">> [1/1] synthesising a small benchmark into $(DEMO_DIR)/synth"
-	$(VENV)/bin/meerkit synth $(DEMO_DIR)/synth --preset small --seed 0 --force
-	$(VENV)/bin/meerkit data validate $(DEMO_DIR)/synth
-	@echo ">> still to come: pretrain + finetune a teacher, distil + quantize an int8 student,"
-	@echo "   verify it, stream it through edge-runtime and publish detections over MQTT."
+	$(VENV)/bin/meerkit demo --out $(DEMO_DIR)
 
 test: venv
 	$(VENV)/bin/ruff check .

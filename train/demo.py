@@ -1,0 +1,302 @@
+"""`meerkit demo`: the whole product, end to end, with the same commands a user types.
+
+synthesise a benchmark -> pretrain + finetune a tiny teacher -> distil + quantize an int8
+student (verified) -> start a local mosquitto (or use $MQTT_HOST) -> stream the test split
+through `edge-runtime` -> a subscriber prints detections as they arrive -> summary table and a
+PNG (spectrogram of a demo clip with ground truth and detections).
+
+Each stage is a subprocess running a real CLI command, printed before it runs, so the demo
+doubles as a copy-paste tutorial. Stages whose output exists are skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.errors import UserError
+
+BIN = Path(sys.executable).parent
+
+
+def _cmd(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+def stage(title: str, argv: list[str], skip_if: Path | None = None,
+          quiet_lines: str = "") -> list[str]:
+    """Run one CLI command, echoing its output; returns the lines it printed."""
+    print(f"\n=== {title}\n$ {' '.join(shlex.quote(a) for a in argv)}", flush=True)
+    if skip_if is not None and skip_if.exists():
+        print(f"(exists: {skip_if}; skipped)", flush=True)
+        return []
+    t0 = time.perf_counter()
+    lines = []
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as proc:
+        for line in proc.stdout:
+            lines.append(line)
+            if not (quiet_lines and quiet_lines in line):
+                print(f"    {line}", end="", flush=True)
+    if proc.returncode != 0:
+        raise UserError(f"demo stage '{title}' failed (exit {proc.returncode})")
+    print(f"--- {title}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return lines
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen | None, str, int]:
+    if os.environ.get("MQTT_HOST"):
+        return None, os.environ["MQTT_HOST"], int(os.environ.get("MQTT_PORT", "1883"))
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(exe).exists():
+        raise UserError("mosquitto not found: install it (apt-get install mosquitto) or set MQTT_HOST")
+    port = free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(50):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    print(f"\n=== broker: mosquitto on 127.0.0.1:{port}", flush=True)
+    return proc, "127.0.0.1", port
+
+
+def concat_split(data: Path, split: str, out: Path) -> tuple[list[tuple[str, float]], int]:
+    """The split's recordings back to back as one stream WAV; returns (file, offset_s) list."""
+    from edge_runtime.wav import write_wav
+    from train.data.dataset import Dataset
+
+    dataset = Dataset(data)
+    pieces, offsets, pos = [], [], 0
+    for file in dataset.files_in(split):
+        audio, sr = dataset.load(file)
+        offsets.append((file, pos / sr))
+        pieces.append(audio)
+        pos += len(audio)
+    write_wav(out, np.concatenate(pieces), dataset.sample_rate)
+    return offsets, dataset.sample_rate
+
+
+def plot_demo_clip(data: Path, file: str, detections: list[dict], t0: float, png: Path) -> None:
+    """Spectrogram of one recording with ground truth (top) and published detections (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from train.data.dataset import Dataset
+
+    dataset = Dataset(data)
+    audio, sr = dataset.load(file)
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.specgram(audio + 1e-9, NFFT=512, Fs=sr, noverlap=384, cmap="magma")
+    labels = dataset.labels
+    colours = plt.cm.tab10(np.arange(len(labels)) % 10)
+    top = sr / 2
+    for a in dataset.annotations(file):
+        k = labels.index(a.label)
+        ax.axvspan(a.start_s, a.end_s, ymin=0.92, ymax=1.0, color=colours[k], alpha=0.9)
+        ax.text(a.start_s, top * 0.95, a.label, fontsize=7, color="white", va="top")
+    for d in detections:
+        k = labels.index(d["label"]) if d["label"] in labels else 0
+        ax.axvspan(d["start_s"] - t0, d["end_s"] - t0, ymin=0.0, ymax=0.08, color=colours[k],
+                   alpha=0.9)
+        ax.text(d["start_s"] - t0, top * 0.09, f"{d['label']} {d['confidence']:.2f}",
+                fontsize=7, color="white")
+    ax.set(xlabel="time (s)", ylabel="Hz", xlim=(0, len(audio) / sr),
+           title=f"{file}: ground truth (top bars) vs detections published over MQTT (bottom bars)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+class PrintingSubscriber:
+    """The 'central server' of the demo: prints each detection as it arrives, de-duplicated."""
+
+    def __init__(self, host: str, port: int):
+        import paho.mqtt.client as mqtt
+
+        self.received: dict[str, dict] = {}
+        self.duplicates = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meerkit-demo-sub")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("meerkit/+/detections", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        d = json.loads(message.payload)
+        if d["event_id"] in self.received:
+            self.duplicates += 1
+            return
+        self.received[d["event_id"]] = d
+        print(f"  [mqtt] {d['start']}  {d['label']:14s} conf {d['confidence']['max']:.2f}  "
+              f"{d['duration_s']:.2f} s  ({d['device_id']})", flush=True)
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _iso_to_s(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meerkit demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("demo_out"))
+    parser.add_argument("--pretrain-steps", type=int, default=300)
+    parser.add_argument("--finetune-steps", type=int, default=400)
+    parser.add_argument("--distill-steps", type=int, default=600)
+    args = parser.parse_args(argv)
+    return run_demo(args)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    meerkit, edge = _cmd("meerkit"), _cmd("edge-runtime")
+    data, pre, ft = out / "synth", out / "pretrain", out / "finetune"
+    student, int8 = out / "student.pt", out / "student_int8.tflite"
+    common = ["--preset", "tiny", "--clip-s", "2", "--batch-size", "16", "--data", str(data)]
+
+    stage("1/7 synthesise a benchmark", [meerkit, "synth", str(data), "--preset", "small",
+                                         "--seed", "0", "--force"], skip_if=data / "synth.json")
+    stage("2/7 pretrain the teacher (data2vec)",
+          [meerkit, "train", "pretrain", *common, "--out", str(pre),
+           "--steps", str(args.pretrain_steps)], skip_if=pre / "model.pt")
+    stage("3/7 finetune the teacher (focal loss + metadata heads)",
+          [meerkit, "train", "finetune", *common, "--out", str(ft), "--init", str(pre / "model.pt"),
+           "--steps", str(args.finetune_steps), "--meta", "default"], skip_if=ft / "model.pt")
+    stage("3b  evaluate the teacher on test",
+          [meerkit, "train", "evaluate", "--model", str(ft / "model.pt"), "--data", str(data),
+           "--split", "test", "--clip-s", "2"], skip_if=ft / "eval_test.json")
+    stage("4/7 distil a pico student",
+          [meerkit, "export", "distill", "--teacher", str(ft / "model.pt"), "--data", str(data),
+           "--out", str(student), "--arch", "pico", "--steps", str(args.distill_steps)],
+          skip_if=student)
+    stage("5/7 quantize to int8 and verify",
+          [meerkit, "export", "quantize", "--checkpoint", str(student), "--calibration",
+           str(data), "--out", str(int8), "--force"], skip_if=int8)
+    stage("5b  verify the int8 student against the teacher on test",
+          [meerkit, "export", "verify", str(int8), "--data", str(data), "--split", "test",
+           "--teacher", str(ft / "model.pt")])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        broker, host, port = start_mosquitto(Path(tmp))
+        try:
+            stream = out / "test_stream.wav"
+            offsets, _ = concat_split(data, "test", stream)
+            subscriber = PrintingSubscriber(host, port)
+            start_time = "2025-06-01T04:00:00Z"
+            outbox = out / "outbox.sqlite"
+            outbox.unlink(missing_ok=True)
+            lines = stage("6/7 stream the test split through edge-runtime -> MQTT",
+                          [edge, "--model", str(int8), "--input", str(stream),
+                           "--device-id", "demo-pi", "--mqtt-host", host, "--mqtt-port", str(port),
+                           "--outbox-path", str(outbox), "--audio-start-time", start_time],
+                          quiet_lines="edge_runtime: detected")
+            time.sleep(1.0)  # the last PUBACKed messages are still on their way to the subscriber
+            subscriber.stop()
+        finally:
+            if broker is not None:
+                broker.terminate()
+                broker.wait(timeout=5)
+
+    stats = runtime_summary(lines)
+    teacher = json.loads((ft / "eval_test.json").read_text())
+    verify_json = int8.with_name(int8.stem + "_verify_test.json")
+    verify = json.loads(verify_json.read_text()) if verify_json.is_file() else {}
+    t0 = _iso_to_s(start_time)
+    file, offset = offsets[0]
+    detections = [{"label": d["label"], "confidence": d["confidence"]["max"],
+                   "start_s": _iso_to_s(d["start"]) - t0, "end_s": _iso_to_s(d["end"]) - t0}
+                  for d in subscriber.received.values()]
+    clip_len = offsets[1][1] - offset if len(offsets) > 1 else 1e9
+    on_clip = [dict(d, start_s=d["start_s"] - offset, end_s=d["end_s"] - offset) for d in detections
+               if offset <= d["start_s"] < offset + clip_len]
+    png = out / "demo_clip.png"
+    plot_demo_clip(data, file, on_clip, 0.0, png)
+
+    published = stats.get("published")
+    rows = [
+        ("teacher macro AP (test)", f"{teacher['frame_ap']['macro']:.3f}"),
+        ("int8 student macro AP (test)", _fmt(verify, "artifact")),
+        ("fp32 student macro AP (test)", _fmt(verify, "pytorch")),
+        ("teacher size", f"{(ft / 'model.pt').stat().st_size / 1e6:.2f} MB (.pt)"),
+        ("int8 student size", f"{int8.stat().st_size / 1e3:.0f} kB (.tflite)"),
+        ("edge real-time factor", f"{stats.get('real_time_factor', float('nan')):.4f}"),
+        ("detections published", str(published)),
+        ("detections received", str(len(subscriber.received))),
+        ("duplicates received", str(subscriber.duplicates)),
+        ("demo wall time", f"{(time.perf_counter() - t_start) / 60:.1f} min"),
+    ]
+    print("\n=== 7/7 summary")
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    print(f"  spectrogram with ground truth and detections: {png}")
+    if published is not None and int(published) != len(subscriber.received):
+        print("demo: published and received counts differ", file=sys.stderr)
+        return 1
+    return 0
+
+
+def runtime_summary(lines: list[str]) -> dict[str, float]:
+    """Numbers from edge-runtime's closing line ('done: … N detection(s), real-time factor …')."""
+    import re
+
+    for line in reversed(lines):
+        m = re.search(r"(\d+) detection\(s\), real-time factor ([\d.e-]+).*?(\d+) unsent", line)
+        if m:
+            n, rtf, unsent = int(m[1]), float(m[2]), int(m[3])
+            return {"detections": n, "real_time_factor": rtf, "published": n - unsent}
+    return {}
+
+
+def _fmt(verify: dict, key: str) -> str:
+    try:
+        return f"{verify['models'][key]['frame_ap']['macro']:.3f}"
+    except (KeyError, TypeError):
+        return "n/a"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("demo", help="run the whole pipeline end to end",
+                              description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("demo_out"))
+    p.add_argument("--pretrain-steps", type=int, default=300)
+    p.add_argument("--finetune-steps", type=int, default=400)
+    p.add_argument("--distill-steps", type=int, default=600)
+    p.set_defaults(func=run_demo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
