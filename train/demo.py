@@ -234,11 +234,16 @@ def run_demo(args: argparse.Namespace) -> int:
     verify_json = int8.with_name(int8.stem + "_verify_test.json")
     verify = json.loads(verify_json.read_text()) if verify_json.is_file() else {}
     t0 = _iso_to_s(start_time)
-    file, offset = offsets[0]
+    # Show the test recording with the most annotated calls.
+    from train.data.dataset import Dataset
+
+    annotated = Dataset(data)
+    index = max(range(len(offsets)), key=lambda i: len(annotated.annotations(offsets[i][0])))
+    file, offset = offsets[index]
     detections = [{"label": d["label"], "confidence": d["confidence"]["max"],
                    "start_s": _iso_to_s(d["start"]) - t0, "end_s": _iso_to_s(d["end"]) - t0}
                   for d in subscriber.received.values()]
-    clip_len = offsets[1][1] - offset if len(offsets) > 1 else 1e9
+    clip_len = offsets[index + 1][1] - offset if index + 1 < len(offsets) else 1e9
     on_clip = [dict(d, start_s=d["start_s"] - offset, end_s=d["end_s"] - offset) for d in detections
                if offset <= d["start_s"] < offset + clip_len]
     png = out / "demo_clip.png"
