@@ -7,7 +7,8 @@
     adversarial recorder head.
 
 Every row prints the `meerkit` command that reproduces it. Run time on the 2-core CI machine
-with the defaults (`--preset default`, tiny model, 2 s clips): about 25-35 minutes; `--quick`
+with the defaults (`--preset default`, tiny model, 2 s clips): measured 90 minutes while
+the machine was shared with other jobs (expect ~40 on an idle one); `--quick`
 takes a few minutes and is only a smoke run (its numbers mean little).
 
     python benchmarks/train_table.py [--out benchmarks/out/train] [--quick]
