@@ -17,13 +17,13 @@ def _registrars() -> list[Registrar]:
     # Imported lazily so `meerkit --help` stays fast and a missing optional extra
     # (torch, tensorflow) only matters for the command that needs it.
     from export import cli as export_cli
+    from train import apps_cli, demo
     from train import cli as train_cli
-    from train import demo
     from train.data import cli as data_cli
     from train.data import synth_cli
 
     return [synth_cli.register, data_cli.register, train_cli.register, export_cli.register,
-            demo.register]
+            demo.register, apps_cli.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

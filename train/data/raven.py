@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
 from edge_runtime.errors import location
-from train.data.annotations import DatasetError, fail_or_record, format_number
+from edge_runtime.raven import TABLE_SUFFIX, write_selection_table
+from train.data.annotations import DatasetError, fail_or_record
 
-TABLE_SUFFIX = ".Table.1.selections.txt"
 LABEL_COLUMNS = ("species", "annotation", "label", "class", "call type")
-VIEW = "Spectrogram 1"
 
 
 @dataclass(frozen=True)
@@ -168,41 +167,10 @@ def write_raven_table(
 
     Raven needs a frequency box: a missing low_hz is written as 0 and a missing high_hz as
     `nyquist_hz` (required if some row lacks high_hz). confidence: add a Confidence column
-    (default: if the rows carry confidences, as Events do).
+    (default: if the rows carry confidences, as Events do). The writer is shared with
+    `meerkit analyze` (edge_runtime/raven.py), so both write the same format.
     """
-    rows = list(rows)
-    confs = [_confidence(r) for r in rows]
-    if confidence is None:
-        confidence = any(c is not None for c in confs)
-    header = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
-              "Low Freq (Hz)", "High Freq (Hz)", label_column]
-    if confidence:
-        header.append("Confidence")
-    lines = ["\t".join(header)]
-    for n, (row, conf) in enumerate(zip(rows, confs, strict=True), start=1):
-        low = getattr(row, "low_hz", None)
-        high = getattr(row, "high_hz", None)
-        if high is None:
-            if nyquist_hz is None:
-                raise ValueError("write_raven_table: a row has no high_hz; pass nyquist_hz")
-            high = nyquist_hz
-        cells = [str(n), VIEW, "1", format_number(row.start_s), format_number(row.end_s),
-                 format_number(low or 0.0), format_number(high), _tsv(row.label)]
-        if confidence:
-            cells.append(format_number(conf) if conf is not None else "")
-        lines.append("\t".join(cells))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _confidence(row: object) -> float | None:
-    value = getattr(row, "confidence_max", None)
-    return value if value is not None else getattr(row, "confidence", None)
-
-
-def _tsv(text: str) -> str:
-    return " ".join(text.split())  # a tab or newline inside a label would break the table
+    write_selection_table(path, rows, nyquist_hz, label_column, confidence)
 
 
 def export_raven(dataset, out_dir: str | Path) -> list[Path]:

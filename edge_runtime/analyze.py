@@ -1,0 +1,555 @@
+"""`meerkit analyze`: batch detection over recorder SD cards (folders of WAV, FLAC with
+soundfile), resumable, parallel over files. numpy + the TFLite interpreter only, so it also runs
+on the recorder itself.
+
+Each file is read in blocks (an hour at 384 kHz never sits in memory), mixed to mono and
+resampled to the model's rate (`audio.Conformer`, as in the field runtime), windowed with
+`windows.WindowedStream` and decoded with `events.StreamingDecoder` using the card's per-label
+thresholds (`threshold` overrides them all). Streaming equals batch (`windows.track`,
+`events.decode_events`) by test, so results match `meerkit` evaluation.
+
+Outputs in `out`:
+  <rel dir>/<stem>.Table.1.selections.txt   one Raven table per audio file (header only when
+                       nothing was detected); `rel` is the file's path relative to the deepest
+                       folder holding every input, so cards with identical file names
+                       (`SD1/20250601_053000.WAV`, `SD2/...`) do not collide
+  events.csv           file,label,start_s,end_s,confidence_max,confidence_mean,start_utc of
+                       every input file of this run (start_utc: AudioMoth-style names
+                       `20250601_053000.WAV` are UTC start times; empty otherwise)
+  events.parquet       the same table, when pyarrow is installed
+  manifest.jsonl       one JSON line per analysed file (path, size, mtime, settings incl. the
+                       artifact's sha256, status, error/warning, events); the last line wins
+
+Resume: a file is skipped when its latest manifest entry is "ok" for the same size, mtime,
+output name and settings; new, touched and failed files (and everything after a model or
+threshold change) are analysed. `force` analyses everything. A failed file (corrupt, empty,
+not audio) is reported and the run goes on; a truncated WAV is analysed up to its last whole
+sample and reported as a warning. The CLI exits 0 when every file was analysed, 1 when some
+failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.audio import Conformer, Put, WavSource, recording_start
+from edge_runtime.errors import UserError
+from edge_runtime.events import DecoderConfig, Event, StreamingDecoder
+from edge_runtime.model import TFLiteModel, model_geometry
+from edge_runtime.raven import format_number, table_name, write_selection_table
+from edge_runtime.stream import iso_utc
+from edge_runtime.windows import WindowedStream
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+MANIFEST = "manifest.jsonl"
+EVENTS_CSV = "events.csv"
+EVENTS_PARQUET = "events.parquet"
+Reader = Callable[[Put], None]  # calls put(block) for every block of a file
+CSV_COLUMNS = ("file", "label", "start_s", "end_s", "confidence_max", "confidence_mean",
+               "start_utc")
+
+
+@dataclass
+class AnalyzeConfig:
+    model: str  # carded .tflite
+    out: str  # output folder
+    workers: int = 0  # processes; 0 = one per CPU core (pass 1 on a recorder that also listens)
+    threshold: float | None = None  # overrides every label's card threshold
+    hysteresis: float = 0.1
+    min_duration_s: float = 0.0
+    merge_gap_s: float = 0.0
+    channel: str = "mix"  # "mix" or a 0-based channel index
+    recursive: bool = False
+    force: bool = False  # analyse files the manifest says are done
+    progress: bool = True
+    block_s: float = 10.0  # read block; bounds memory for long files
+
+
+@dataclass(frozen=True)
+class Job:
+    path: str  # absolute
+    rel: str  # posix path relative to the inputs' common folder (output name)
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class FileResult:
+    job: Job
+    status: str  # "ok" | "failed"
+    events: list[Event] = field(default_factory=list)
+    error: str = ""
+    warning: str = ""
+    audio_s: float = 0.0
+    start_unix: float | None = None  # first sample, from an AudioMoth-style name
+    wall_s: float = 0.0
+
+
+@dataclass
+class Summary:
+    out: Path
+    files: int = 0  # audio files found
+    analysed_files: list[str] = field(default_factory=list)  # now (ok or failed), relative
+    skipped: int = 0  # done in an earlier run
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+    events: int = 0  # in events.csv (all files of this run, skipped ones included)
+    audio_s: float = 0.0  # analysed now
+    wall_s: float = 0.0
+
+    @property
+    def analysed(self) -> int:
+        return len(self.analysed_files)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+# ------------------------------------------------------------------------- inputs
+def _is_audio(path: Path) -> bool:
+    # AudioMoth/macOS cards carry `._NAME.WAV` AppleDouble files: hidden, not audio.
+    return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
+
+
+def find_audio(paths: Sequence[str | Path], recursive: bool = False) -> list[Job]:
+    """Audio files under `paths` (files or folders), in a stable order, each once."""
+    found: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            walk = p.rglob("*") if recursive else p.iterdir()
+            files = sorted(f for f in walk if f.is_file() and _is_audio(f))
+            if not files:
+                hint = "" if recursive else " (add --recursive to search subfolders)"
+                log.warning("%s: no .wav/.flac files%s", p, hint)
+            found.update((f.resolve(), None) for f in files)
+        elif p.is_file():
+            if p.suffix.lower() not in AUDIO_SUFFIXES:
+                raise UserError(f"{p}: not a .wav or .flac file")
+            found[p.resolve()] = None
+        else:
+            raise UserError(f"{p}: no such file or folder")
+    if not found:
+        raise UserError(f"no .wav/.flac files in {', '.join(map(str, paths))}")
+    bases = [p.resolve() if p.is_dir() else p.resolve().parent for p in map(Path, paths)]
+    root = Path(os.path.commonpath(bases))
+    jobs = []
+    for f in found:
+        st = f.stat()
+        jobs.append(Job(str(f), f.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    return jobs
+
+
+def table_path(out: Path, rel: str) -> Path:
+    return out / Path(rel).parent / table_name(rel)
+
+
+# ------------------------------------------------------------------------- one file
+class _Analyser:
+    """Per-process state: the interpreter and the settings (one per worker)."""
+
+    def __init__(self, model_path: str, decoder: DecoderConfig, channel: str, out: str,
+                 block_s: float, model: TFLiteModel | None = None):
+        self.model = model or TFLiteModel(model_path, threads=1)
+        self.geometry = model_geometry(self.model.card)
+        self.decoder, self.channel, self.out, self.block_s = decoder, channel, Path(out), block_s
+
+    def run(self, job: Job) -> FileResult:
+        t0 = time.perf_counter()
+        try:
+            result = self._analyse(job)
+        except UserError as err:
+            result = FileResult(job, "failed", error=str(err))
+        except Exception as err:  # a corrupt file must not stop a night's batch
+            log.debug("%s failed", job.path, exc_info=True)
+            result = FileResult(job, "failed", error=f"{job.path}: {type(err).__name__}: {err}")
+        if result.status != "ok":  # a table from an earlier, successful run is now stale
+            table_path(self.out, job.rel).unlink(missing_ok=True)
+        result.wall_s = time.perf_counter() - t0
+        return result
+
+    def _analyse(self, job: Job) -> FileResult:
+        card = self.model.card
+        rate, channels, reader, warning = open_audio(Path(job.path), self.block_s)
+        if self.channel != "mix" and int(self.channel) >= channels:
+            raise UserError(f"{job.path}: --channel {self.channel}: the file has {channels} "
+                            "channel(s) (0-based index)")
+        conformer = Conformer(rate, channels, card.sample_rate, self.channel)
+        stream = WindowedStream(self.geometry, self.model.window_fn, batch=16)
+        decoder = StreamingDecoder(card.labels, card.frame_rate_hz, self.decoder, file=job.rel)
+        events: list[Event] = []
+        n = 0
+
+        def push(mono: np.ndarray) -> None:
+            probs = stream.push(mono) if len(mono) else mono
+            if probs.size:
+                events.extend(decoder.push(probs))
+
+        def put(block: np.ndarray) -> None:
+            nonlocal n
+            n += len(block)
+            push(conformer.process(block))
+
+        reader(put)
+        if n == 0:
+            raise UserError(f"{job.path}: no audio samples")
+        push(conformer.flush())
+        probs = stream.flush()
+        if probs.size:
+            events.extend(decoder.push(probs))
+        events.extend(decoder.flush())
+        events.sort(key=lambda e: (e.start_s, e.label))
+        write_selection_table(table_path(self.out, job.rel), events, nyquist_hz=rate / 2,
+                              confidence=True)
+        try:
+            start = recording_start(job.path).timestamp()
+        except UserError:
+            start = None
+        return FileResult(job, "ok", events, warning=warning, audio_s=n / rate,
+                          start_unix=start)
+
+
+def open_audio(path: Path, block_s: float) -> tuple[int, int, Reader, str]:
+    """(sample rate, channels, reader, warning) for a WAV or FLAC file; `reader(put)` calls
+    `put` with float32 (frames, channels) blocks, one at a time (as the field runtime's
+    sources do), so only one block is ever in memory."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    if magic == b"fLaC" or path.suffix.lower() == ".flac":
+        return _open_flac(path, block_s)
+    source = WavSource(path, block_s=block_s)  # refuses non-WAV and empty files, naming them
+    warning = (f"{path}: WAV data chunk is truncated; analysed the {source.info.duration_s:.1f} s "
+               "present") if source.info.truncated else ""
+    return (source.sample_rate, source.channels,
+            lambda put: source.run(put, threading.Event()), warning)
+
+
+def _open_flac(path: Path, block_s: float) -> tuple[int, int, Reader, str]:
+    try:
+        sf = importlib.import_module("soundfile")
+    except ImportError:
+        raise UserError(f"{path}: reading FLAC needs the soundfile package (`pip install "
+                        "soundfile`), or convert it to WAV (`sox in.flac out.wav`)") from None
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # libsndfile's errors have no common public base class
+        raise UserError(f"{path}: cannot decode FLAC ({err})") from None
+
+    def reader(put: Put) -> None:
+        size = max(1, round(block_s * info.samplerate))
+        with sf.SoundFile(str(path)) as fh:
+            for block in fh.blocks(blocksize=size, dtype="float32", always_2d=True):
+                put(block)
+
+    return int(info.samplerate), int(info.channels), reader, ""
+
+
+# ------------------------------------------------------------------------- workers
+_WORKER: _Analyser | None = None
+
+
+def _init_worker(args: tuple, level: int) -> None:
+    global _WORKER
+    # Ctrl-C reaches the whole process group; the parent handles it (and the manifest).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _WORKER = _Analyser(*args)
+
+
+def _work(job: Job) -> FileResult:
+    assert _WORKER is not None
+    return _WORKER.run(job)
+
+
+# ------------------------------------------------------------------------- manifest
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """Latest entry per absolute audio path. A line cut short by a crash is ignored."""
+    latest: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return latest
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            latest[entry["path"]] = entry
+        except (json.JSONDecodeError, KeyError, TypeError):
+            log.warning("%s:%d: unreadable manifest line ignored (interrupted write?)", path, i)
+    return latest
+
+
+def _entry(result: FileResult, settings: dict[str, Any]) -> dict[str, Any]:
+    job = result.job
+    return {
+        "path": job.path, "file": job.rel, "size": job.size, "mtime_ns": job.mtime_ns,
+        "status": result.status, "error": result.error, "warning": result.warning,
+        "settings": settings, "n_events": len(result.events),
+        "audio_s": round(result.audio_s, 3), "wall_s": round(result.wall_s, 3),
+        "start_unix": result.start_unix,
+        "analysed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # compact: label, start_s, end_s, confidence max, mean
+        "events": [[e.label, e.start_s, e.end_s, float(e.confidence_max),
+                    float(e.confidence_mean)] for e in result.events],
+    }
+
+
+def _is_done(entry: dict[str, Any] | None, job: Job, settings: dict[str, Any], out: Path) -> bool:
+    return bool(entry) and entry.get("status") == "ok" and entry.get("size") == job.size \
+        and entry.get("mtime_ns") == job.mtime_ns and entry.get("file") == job.rel \
+        and entry.get("settings") == settings and table_path(out, job.rel).is_file()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One `analyze` per output folder: two would interleave manifest lines."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(out / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"{out}: another `meerkit analyze` is writing to this folder") from None
+        yield
+
+
+# ------------------------------------------------------------------------- outputs
+def event_rows(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for entry in sorted(entries, key=lambda e: e["file"]):
+        start = entry.get("start_unix")
+        for label, s, e, cmax, cmean in entry["events"]:
+            rows.append({"file": entry["file"], "label": label, "start_s": s, "end_s": e,
+                         "confidence_max": cmax, "confidence_mean": cmean,
+                         "start_utc": iso_utc(start + s) if start is not None else ""})
+    return rows
+
+
+def write_events(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    """events.csv, and events.parquet when pyarrow is importable."""
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in rows:
+        writer.writerow([r["file"], r["label"], format_number(r["start_s"]),
+                         format_number(r["end_s"]), format_number(r["confidence_max"]),
+                         format_number(r["confidence_mean"]), r["start_utc"]])
+    written = [out / EVENTS_CSV]
+    _write_atomic(written[0], buf.getvalue())
+    try:
+        pa = importlib.import_module("pyarrow")
+        pq = importlib.import_module("pyarrow.parquet")
+    except ImportError:
+        stale = out / EVENTS_PARQUET
+        if stale.exists():  # from a run with pyarrow: it would contradict events.csv
+            log.warning("%s removed: pyarrow is not installed to update it", stale)
+            stale.unlink()
+        return written
+    table = pa.table({
+        "file": pa.array([r["file"] for r in rows], pa.string()),
+        "label": pa.array([r["label"] for r in rows], pa.string()),
+        **{k: pa.array([r[k] for r in rows], pa.float64())
+           for k in ("start_s", "end_s", "confidence_max", "confidence_mean")},
+        "start_utc": pa.array([r["start_utc"] or None for r in rows], pa.string()),
+    })
+    tmp = out / f".{EVENTS_PARQUET}.{os.getpid()}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, out / EVENTS_PARQUET)
+    return [*written, out / EVENTS_PARQUET]
+
+
+class _Progress:
+    """tqdm when installed, else one stderr line per file."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.bar = None
+        if enabled and total:
+            try:
+                tqdm = importlib.import_module("tqdm").tqdm
+                self.bar = tqdm(total=total, unit="file", desc="analyze", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, result: FileResult) -> None:
+        self.done += 1
+        if result.status != "ok":
+            self.write(f"failed: {result.error}")
+        elif result.warning:
+            self.write(f"warning: {result.warning}")
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled:
+            print(f"analyze: {self.done}/{self.total} {result.job.rel}: {result.status}, "
+                  f"{len(result.events)} events", file=sys.stderr, flush=True)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            log.warning("%s", text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------- the batch
+def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
+    """Analyse every audio file under `inputs` (see the module docstring)."""
+    t0 = time.perf_counter()
+    if cfg.workers < 0:
+        raise UserError(f"--workers {cfg.workers}: must be >= 0 (0 = one per CPU core)")
+    if cfg.threshold is not None and not 0.0 <= cfg.threshold <= 1.0:
+        raise UserError(f"--threshold {cfg.threshold}: must be in [0, 1]")
+    if cfg.channel != "mix" and not cfg.channel.isdigit():
+        raise UserError(f"--channel {cfg.channel!r}: 'mix' or a 0-based channel index")
+    jobs = find_audio(inputs, cfg.recursive)
+    model = TFLiteModel(cfg.model, threads=1)  # refuses a card-less artifact before any work
+    card = model.card
+    thresholds = ([cfg.threshold] * len(card.labels) if cfg.threshold is not None
+                  else list(card.thresholds))
+    decoder = DecoderConfig(threshold=thresholds, hysteresis=cfg.hysteresis,
+                            min_duration_s=cfg.min_duration_s, merge_gap_s=cfg.merge_gap_s)
+    settings = {"model_sha256": file_sha256(cfg.model), "labels": list(card.labels),
+                "thresholds": thresholds, "hysteresis": cfg.hysteresis,
+                "min_duration_s": cfg.min_duration_s, "merge_gap_s": cfg.merge_gap_s,
+                "channel": cfg.channel}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = Summary(out=out, files=len(jobs))
+    _check_table_names(jobs)
+
+    with _lock(out):
+        manifest = out / MANIFEST
+        latest = read_manifest(manifest)
+        todo = [j for j in jobs if cfg.force or not _is_done(latest.get(j.path), j, settings, out)]
+        summary.skipped = len(jobs) - len(todo)
+        if summary.skipped:
+            log.info("%d of %d files already analysed with these settings (manifest %s); "
+                     "--force analyses them again", summary.skipped, len(jobs), manifest)
+        workers = min(cfg.workers or os.cpu_count() or 1, max(1, len(todo)))
+        progress = _Progress(len(todo), cfg.progress)
+        try:
+            with open(manifest, "a", encoding="utf-8") as fh:
+                for result in _run(todo, workers, model, cfg, decoder):
+                    entry = _entry(result, settings)
+                    fh.write(json.dumps(entry, separators=(",", ":")) + "\n")
+                    fh.flush()  # a crash loses at most the file being analysed
+                    latest[result.job.path] = entry
+                    summary.analysed_files.append(result.job.rel)
+                    summary.audio_s += result.audio_s
+                    if result.status != "ok":
+                        summary.failed.append((result.job.path, result.error))
+                    elif result.warning:
+                        summary.warnings.append((result.job.path, result.warning))
+                    progress.update(result)
+        finally:
+            progress.close()
+        # Compact: one line per file, so the manifest does not grow with every rerun.
+        _write_atomic(manifest, "".join(json.dumps(e, separators=(",", ":")) + "\n"
+                                        for e in latest.values()))
+        done = [latest[j.path] for j in jobs if latest.get(j.path, {}).get("status") == "ok"]
+        rows = event_rows(done)
+        write_events(out, rows)
+    summary.events = len(rows)
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _check_table_names(jobs: Sequence[Job]) -> None:
+    seen: dict[str, str] = {}
+    for j in jobs:
+        key = (Path(j.rel).parent / table_name(j.rel)).as_posix().lower()
+        if key in seen:
+            raise UserError(f"{j.path} and {seen[key]} would write the same Raven table "
+                            f"({key}); analyse them into different --out folders")
+        seen[key] = j.path
+
+
+def _run(todo: Sequence[Job], workers: int, model: TFLiteModel, cfg: AnalyzeConfig,
+         decoder: DecoderConfig) -> Iterator[FileResult]:
+    """Results in completion order; in-process for one worker."""
+    if workers <= 1:
+        analyser = _Analyser(cfg.model, decoder, cfg.channel, cfg.out, cfg.block_s, model)
+        for job in todo:
+            yield analyser.run(job)
+        return
+    import multiprocessing
+
+    # spawn, not fork: the parent may hold threads (tqdm, a test's tensorflow) that fork breaks.
+    args = (cfg.model, decoder, cfg.channel, cfg.out, cfg.block_s)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker,
+                             initargs=(args, logging.getLogger().getEffectiveLevel())) as pool:
+        futures = {pool.submit(_work, job): job for job in todo}
+        try:
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    result = FileResult(futures[future], "failed",
+                                        error=f"{futures[future].path}: the worker process died "
+                                              "(out of memory or an interpreter crash); rerun "
+                                              "to retry")
+                yield result
+        except BaseException:  # Ctrl-C, or the caller stopped: drop the queued files
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def format_summary(s: Summary) -> str:
+    rate = f", {s.audio_s / s.wall_s:.0f}x real time" if s.audio_s and s.wall_s else ""
+    lines = [f"analyze: {s.files} files: {s.analysed - len(s.failed)} analysed, {s.skipped} "
+             f"already done, {len(s.failed)} failed; {s.events} events in "
+             f"{s.out / EVENTS_CSV} ({s.audio_s:.0f} s of audio in {s.wall_s:.1f} s{rate})"]
+    if s.warnings:
+        lines.append(f"warnings ({len(s.warnings)}):")
+        lines += [f"  {w}" for _, w in s.warnings]
+    if s.failed:
+        lines.append(f"failed ({len(s.failed)}; a rerun retries them):")
+        lines += [f"  {e}" for _, e in s.failed]
+    return "\n".join(lines)
+
