@@ -11,8 +11,9 @@ window's latency / the card's hop (each hop of audio costs one window when strea
 
     python benchmarks/export_table.py [--preset small] [--teacher-steps 600] [--distill-steps 1500]
 
-Run time on the 2-core machine with the defaults: see the lead's report / the JSON's
-`wall_s` (about 15 minutes, most of it training the teacher; ~5 minutes with --teacher).
+Run time on the 2-core machine with the defaults (synth `small`, 600 teacher steps, 1500
+distillation steps, three conversions): 17 minutes, about 10 of them training the teacher;
+with `--teacher/--student` ~4 minutes; with `--reuse` (artifacts already in --work) ~10 s.
 """
 
 from __future__ import annotations
@@ -20,23 +21,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` itself
 
-from edge_runtime.card import read_card
-from edge_runtime.frontend import logmel
-from export.backends import TFLiteRunner, geometry, tflite_window_fn, track_files
-from export.verify import score_tracks
+# Single-thread means the front end too: OpenBLAS threads on a busy 2-core machine turned the
+# (100 x 257) @ (257 x 64) mel projection from 0.14 ms into 8 ms. Set before numpy loads,
+# which is why numpy, torch and meerkit are imported inside the functions below.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 
 def latency_ms(path: Path, runs: int) -> dict[str, float]:
     """Median single-thread latency of one window: backbone only and with the front end."""
+    import numpy as np
+
+    from edge_runtime.card import read_card
+    from edge_runtime.frontend import logmel
+    from export.backends import TFLiteRunner
+
     card = read_card(path)
     runner = TFLiteRunner(path, threads=1)
     rng = np.random.default_rng(0)
@@ -62,6 +70,9 @@ def latency_ms(path: Path, runs: int) -> dict[str, float]:
 
 
 def frame_ap(path: Path, data: Path, split: str) -> float:
+    from edge_runtime.card import read_card
+    from export.backends import geometry, tflite_window_fn, track_files
+    from export.verify import score_tracks
     from train.data.dataset import Dataset
 
     card = read_card(path)
@@ -74,6 +85,8 @@ def frame_ap(path: Path, data: Path, split: str) -> float:
 
 def build(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """(dataset, teacher model.pt, student.pt), training what was not given."""
+    import torch
+
     from export.distill import DistillConfig, distill
     from train.config import FinetuneConfig, ModelConfig
     from train.data.synth import SynthConfig, generate
@@ -116,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50, help="latency: median of N")
     parser.add_argument("--work", type=Path, default=Path("benchmarks/out/export"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/export_table.json"))
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep artifacts already in --work (only measure)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    from edge_runtime.card import read_card
+
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -129,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = {"teacher fp32": args.work / "teacher_fp32.tflite",
                  "student fp32": args.work / f"student_{args.arch}_fp32.tflite",
                  "student int8": args.work / f"student_{args.arch}_int8.tflite"}
-    export_tflite(teacher, artifacts["teacher fp32"], "fp32")
-    export_tflite(student, artifacts["student fp32"], "fp32")
-    quantize(student, data, artifacts["student int8"], force=True, progress=False)
+    if not (args.reuse and all(p.is_file() for p in artifacts.values())):
+        export_tflite(teacher, artifacts["teacher fp32"], "fp32")
+        export_tflite(student, artifacts["student fp32"], "fp32")
+        quantize(student, data, artifacts["student int8"], force=True, progress=False)
 
     rows = {}
     for name, path in artifacts.items():
@@ -140,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                       "file_kb": path.stat().st_size / 1024, **latency_ms(path, args.runs),
                       "macro_ap_test": frame_ap(path, data, "test"),
                       "macro_ap_shift": frame_ap(path, data, "shift")}
-    result = {"rows": rows, "data": str(data), "teacher": str(teacher), "student": str(student),
+    from benchmarks import invocation
+
+    result = {"command": invocation(), "rows": rows, "data": str(data), "teacher": str(teacher), "student": str(student),
               "runs": args.runs, "machine": platform.machine(), "python": sys.version.split()[0],
               "wall_s": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)

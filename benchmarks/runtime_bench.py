@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the test helpers: model builder, synth audio, broker
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # `benchmarks`; test helpers (broker, models)
 
 CHILD = r"""
 import json, sys, time
@@ -267,7 +267,9 @@ def main() -> int:
         for path, label in models:
             results.append(bench_model(path, label, args, tmp))
             print_table(results[-1])
-    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+    from benchmarks import invocation
+
+    out = {"command": invocation(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "python": platform.python_version(),
                        "load_average": os.getloadavg()},
            "targets": {"real_time_factor": 0.01, "e2e_over_invoke": 1.1, "peak_rss_mb": 150,

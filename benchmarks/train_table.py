@@ -23,8 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` itself
+
 import torch
 
+from benchmarks import invocation
 from train.checkpoint import load_model
 from train.config import FinetuneConfig, MetadataHeadConfig, ModelConfig, PretrainConfig
 from train.data.dataset import Dataset
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"  [{r['claim']}] {r['setting']}: {r['command']}")
     out = args.out / "train_table.json"
-    out.write_text(json.dumps({"preset": args.preset, "clip_s": args.clip_s,
+    out.write_text(json.dumps({"command": invocation(), "preset": args.preset, "clip_s": args.clip_s,
                                "pretrain_steps": args.pretrain_steps,
                                "finetune_steps": args.finetune_steps,
                                "minutes": elapsed / 60, "rows": rows}, indent=2))

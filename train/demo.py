@@ -14,13 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,38 @@ def _cmd(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+class _Echo:
+    """Echoes a stage's output indented. Progress bars (tqdm lines arrive one per refresh)
+    redraw in place on a terminal and are thinned to one every 15 s in a log file."""
+
+    def __init__(self, quiet_lines: str):
+        self.quiet, self.tty = quiet_lines, sys.stdout.isatty()
+        self.last_bar, self.bar_open = 0.0, False
+
+    def __call__(self, line: str) -> None:
+        text = line.rstrip("\n")
+        if self.quiet and self.quiet in text:
+            return
+        if _PROGRESS.search(text):
+            done = "100%|" in text
+            if self.tty:
+                print(f"\r    {text}", end="\n" if done else "", flush=True)
+                self.bar_open = not done
+            elif done or time.monotonic() - self.last_bar >= 15.0:
+                self.last_bar = time.monotonic()
+                print(f"    {text}", flush=True)
+            return
+        if not text.strip():
+            return
+        if self.bar_open:
+            print(flush=True)
+            self.bar_open = False
+        print(f"    {text}", flush=True)
+
+
+_PROGRESS = re.compile(r"\d+%\|")
+
+
 def stage(title: str, argv: list[str], skip_if: Path | None = None,
           quiet_lines: str = "") -> list[str]:
     """Run one CLI command, echoing its output; returns the lines it printed."""
@@ -43,13 +79,14 @@ def stage(title: str, argv: list[str], skip_if: Path | None = None,
         print(f"(exists: {skip_if}; skipped)", flush=True)
         return []
     t0 = time.perf_counter()
-    lines = []
+    lines, echo = [], _Echo(quiet_lines)
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1) as proc:
         for line in proc.stdout:
             lines.append(line)
-            if not (quiet_lines and quiet_lines in line):
-                print(f"    {line}", end="", flush=True)
+            echo(line)
+    if echo.bar_open:
+        print(flush=True)
     if proc.returncode != 0:
         raise UserError(f"demo stage '{title}' failed (exit {proc.returncode})")
     print(f"--- {title}: {time.perf_counter() - t0:.0f} s", flush=True)
@@ -132,32 +169,61 @@ def plot_demo_clip(data: Path, file: str, detections: list[dict], t0: float, png
     plt.close(fig)
 
 
-class PrintingSubscriber:
-    """The 'central server' of the demo: prints each detection as it arrives, de-duplicated."""
+class SubscriberProcess:
+    """The demo's central server: `meerkit subscribe --print` in a subprocess, storing into
+    SQLite. Its lines are echoed as they arrive; start() returns once the broker has granted
+    the subscription, so no detection is published before anyone listens."""
 
-    def __init__(self, host: str, port: int):
-        import paho.mqtt.client as mqtt
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+        self.lines: list[str] = []
+        self.ready = threading.Event()
 
-        self.received: dict[str, dict] = {}
-        self.duplicates = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meerkit-demo-sub")
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("meerkit/+/detections", qos=1)
-        self.client.on_message = self._on_message
-        self.client.connect(host, port)
-        self.client.loop_start()
+    def start(self, timeout_s: float = 60.0) -> None:
+        print(f"\n=== subscriber (central server)\n$ {' '.join(shlex.quote(a) for a in self.argv)}",
+              flush=True)
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        self.reader = threading.Thread(target=self._echo, daemon=True)
+        self.reader.start()
+        if not self.ready.wait(timeout_s):
+            self.stop()
+            raise UserError("demo: the subscriber did not subscribe within "
+                            f"{timeout_s:.0f} s:\n{''.join(self.lines[-10:])}")
 
-    def _on_message(self, client, userdata, message) -> None:
-        d = json.loads(message.payload)
-        if d["event_id"] in self.received:
-            self.duplicates += 1
-            return
-        self.received[d["event_id"]] = d
-        print(f"  [mqtt] {d['start']}  {d['label']:14s} conf {d['confidence']['max']:.2f}  "
-              f"{d['duration_s']:.2f} s  ({d['device_id']})", flush=True)
+    def _echo(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if "subscribed to" in line:
+                self.ready.set()
+            print(f"  [subscriber] {line}", end="", flush=True)
 
-    def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+    def stop(self) -> int:
+        """SIGTERM (a clean shutdown: counts logged, database closed); the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.reader.join(timeout=5)
+        return code
+
+
+def stored_detections(db: Path) -> list[dict]:
+    """Every detection the subscriber stored (the messages as received) from its SQLite file."""
+    import sqlite3
+
+    with closing(sqlite3.connect(db)) as con:
+        return [json.loads(p) for (p,) in con.execute("SELECT payload FROM detections")]
+
+
+def subscriber_duplicates(lines: list[str]) -> int | None:
+    """From the subscriber's closing line ('subscriber stopped: received …, duplicates D, …')."""
+    for line in reversed(lines):
+        if m := re.search(r"subscriber stopped: .*?duplicates (\d+)", line):
+            return int(m[1])
+    return None
 
 
 def _iso_to_s(text: str) -> float:
@@ -213,22 +279,32 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             stream = out / "test_stream.wav"
             offsets, _ = concat_split(data, "test", stream)
-            subscriber = PrintingSubscriber(host, port)
+            db = out / "detections.sqlite"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            subscriber = SubscriberProcess(
+                [meerkit, "subscribe", "--host", host, "--port", str(port), "--db",
+                 f"sqlite:///{db}", "--print", "--client-id", "meerkit-demo-server"])
+            subscriber.start()
             start_time = "2025-06-01T04:00:00Z"
             outbox = out / "outbox.sqlite"
             outbox.unlink(missing_ok=True)
-            lines = stage("6/7 stream the test split through edge-runtime -> MQTT",
-                          [edge, "--model", str(int8), "--input", str(stream),
-                           "--device-id", "demo-pi", "--mqtt-host", host, "--mqtt-port", str(port),
-                           "--outbox-path", str(outbox), "--audio-start-time", start_time],
-                          quiet_lines="edge_runtime: detected")
-            time.sleep(1.0)  # the last PUBACKed messages are still on their way to the subscriber
-            subscriber.stop()
+            try:
+                lines = stage("6/7 stream the test split through edge-runtime -> MQTT",
+                              [edge, "--model", str(int8), "--input", str(stream),
+                               "--device-id", "demo-pi", "--mqtt-host", host, "--mqtt-port",
+                               str(port), "--outbox-path", str(outbox),
+                               "--audio-start-time", start_time],
+                              quiet_lines="edge_runtime: detected")
+                time.sleep(1.0)  # the last PUBACKed messages are still on their way to the server
+            finally:
+                subscriber.stop()
         finally:
             if broker is not None:
                 broker.terminate()
                 broker.wait(timeout=5)
 
+    received = stored_detections(db)
     stats = runtime_summary(lines)
     teacher = json.loads((ft / "eval_test.json").read_text())
     verify_json = int8.with_name(int8.stem + "_verify_test.json")
@@ -242,7 +318,7 @@ def run_demo(args: argparse.Namespace) -> int:
     file, offset = offsets[index]
     detections = [{"label": d["label"], "confidence": d["confidence"]["max"],
                    "start_s": _iso_to_s(d["start"]) - t0, "end_s": _iso_to_s(d["end"]) - t0}
-                  for d in subscriber.received.values()]
+                  for d in received]
     clip_len = offsets[index + 1][1] - offset if index + 1 < len(offsets) else 1e9
     on_clip = [dict(d, start_s=d["start_s"] - offset, end_s=d["end_s"] - offset) for d in detections
                if offset <= d["start_s"] < offset + clip_len]
@@ -258,8 +334,8 @@ def run_demo(args: argparse.Namespace) -> int:
         ("int8 student size", f"{int8.stat().st_size / 1e3:.0f} kB (.tflite)"),
         ("edge real-time factor", f"{stats.get('real_time_factor', float('nan')):.4f}"),
         ("detections published", str(published)),
-        ("detections received", str(len(subscriber.received))),
-        ("duplicates received", str(subscriber.duplicates)),
+        ("detections received (stored by the subscriber)", str(len(received))),
+        ("duplicates dropped by the subscriber", str(subscriber_duplicates(subscriber.lines))),
         ("demo wall time", f"{(time.perf_counter() - t_start) / 60:.1f} min"),
     ]
     print("\n=== 7/7 summary")
@@ -267,7 +343,8 @@ def run_demo(args: argparse.Namespace) -> int:
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
     print(f"  spectrogram with ground truth and detections: {png}")
-    if published is not None and int(published) != len(subscriber.received):
+    print(f"  detections stored in: {db}")
+    if published is not None and int(published) != len(received):
         print("demo: published and received counts differ", file=sys.stderr)
         return 1
     return 0
@@ -275,7 +352,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def runtime_summary(lines: list[str]) -> dict[str, float]:
     """Numbers from edge-runtime's closing line ('done: … N detection(s), real-time factor …')."""
-    import re
 
     for line in reversed(lines):
         m = re.search(r"(\d+) detection\(s\), real-time factor ([\d.e-]+).*?(\d+) unsent", line)

@@ -1,0 +1,154 @@
+"""Gather the benchmark JSONs under benchmarks/out/ into one table: benchmarks/RESULTS.md.
+
+Every figure carries the command that produced it (each script records its own command line),
+and every target from DESIGN.md is marked met or MISSED. A benchmark whose JSON is absent is
+listed as not run, never filled in. `make bench` runs the scripts and then this.
+
+    python benchmarks/results.py [--out-dir benchmarks/out] [--write benchmarks/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+Row = tuple[str, str, str, str]  # (what, measured, target or "", command)
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path}: not valid JSON ({err}); rerun the benchmark") from None
+
+
+def export_rows(result: dict) -> list[Row]:
+    rows, cmd = [], result.get("command", "python benchmarks/export_table.py")
+    teacher = result["rows"].get("teacher fp32", {})
+    for name, r in result["rows"].items():
+        size = f"{r['file_kb']:.0f} KiB"
+        size_target = ""
+        if name == "student int8":
+            size_target = f"<= 1 MB: {_verdict(r['file_kb'] * 1024 <= 1_000_000)}"
+        rows.append((f"{name}: parameters / file size", f"{r['parameters']:,} / {size}",
+                     size_target, cmd))
+        rows.append((f"{name}: 1-thread latency per audio second (model + numpy front end)",
+                     f"{r['total_ms_per_audio_s']:.2f} ms ({r['model_ms_per_audio_s']:.2f} + "
+                     f"{r['frontend_ms_per_audio_s']:.2f})", "", cmd))
+        for split in ("test", "shift"):
+            ap = r[f"macro_ap_{split}"]
+            target = ""
+            if name == "student int8" and teacher:
+                ref = teacher[f"macro_ap_{split}"]
+                target = (f"within 5% of the teacher's {ref:.3f}: "
+                          f"{_verdict(ap >= 0.95 * ref)}")
+            rows.append((f"{name}: macro frame AP on `{split}`", f"{ap:.3f}", target, cmd))
+    return rows
+
+
+def runtime_rows(result: dict) -> list[Row]:
+    rows, cmd = [], result.get("command", "python benchmarks/runtime_bench.py")
+    targets = result.get("targets", {})
+    for r in result["results"]:
+        m, lat = r["model"], r["latency"]
+        tag = f"{m['name']} ({m['quantization']}, hop {m['hop_s']:g} s)"
+        rtf_t, ratio_t = targets.get("real_time_factor"), targets.get("e2e_over_invoke")
+        rss_t, lat_t = targets.get("peak_rss_mb"), targets.get("latency_s")
+        rows += [
+            (f"{tag}: real-time factor, 1 thread", f"{r['real_time_factor']:.4f}",
+             f"<= {rtf_t}: {_verdict(r['real_time_factor'] <= rtf_t)}" if rtf_t else "", cmd),
+            (f"{tag}: pipeline time / bare invoke()", f"{r['e2e_over_invoke']:.2f}x",
+             f"<= {ratio_t}x: {_verdict(r['e2e_over_invoke'] <= ratio_t)}" if ratio_t else "",
+             cmd),
+            (f"{tag}: pipeline time / (invoke() + numpy front end)",
+             f"{r['e2e_over_invoke_plus_frontend']:.2f}x", "", cmd),
+            (f"{tag}: peak RSS (VmHWM)", f"{r['peak_rss_mb']:.0f} MB",
+             f"<= {rss_t} MB: {_verdict(r['peak_rss_mb'] <= rss_t)}" if rss_t else "", cmd),
+        ]
+        median = lat.get("latency_median_s")
+        if median is not None:
+            rows.append((f"{tag}: call end -> MQTT arrival, median / max",
+                         f"{median:.2f} / {lat['latency_max_s']:.2f} s (n={lat['detections']})",
+                         f"<= {lat_t} s: {_verdict(median <= lat_t)}" if lat_t else "", cmd))
+    return rows
+
+
+def train_rows(result: dict) -> list[Row]:
+    cmd = result.get("command", "python benchmarks/train_table.py")
+    setup = (f"synth `{result['preset']}`, tiny model, pretrain {result['pretrain_steps']} / "
+             f"finetune {result['finetune_steps']} steps")
+    return [(f"claim ({r['claim']}) {r['setting']}: macro frame AP on `{r['split']}` ({setup})",
+             f"{r['macro_ap']:.3f}", "", f"{cmd}  # row: {r['command']}")
+            for r in result["rows"]]
+
+
+SECTIONS = (  # title, JSON file(s) under out-dir, row builder
+    ("Training claims (animal2vec pretraining, MetaPerch heads)", ("train/train_table.json",),
+     train_rows),
+    ("Export: teacher vs fp32 student vs int8 student", ("export_table.json",), export_rows),
+    ("Edge runtime on the int8 student", ("runtime_bench.json", "runtime_bench_hop0.2.json"),
+     runtime_rows),
+)
+
+
+def render(out_dir: Path) -> str:
+    lines = [
+        "# Measured results",
+        "",
+        f"Written by `python benchmarks/results.py` on "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the JSON files in `{out_dir}` "
+        f"({platform.machine()}, {platform.python_version()}). `make bench` reruns everything "
+        "(about two hours on a 2-core machine). Each row's command reproduces it.",
+        "",
+    ]
+    for title, files, build in SECTIONS:
+        lines += [f"## {title}", ""]
+        results = [(f, _load(out_dir / f)) for f in files]
+        found = [(f, r) for f, r in results if r is not None]
+        if not found:
+            lines += [f"Not run: no `{out_dir / files[0]}`.", ""]
+            continue
+        lines += ["| what | measured | target | command |", "|---|---|---|---|"]
+        for _, result in found:
+            for what, value, target, cmd in build(result):
+                lines.append(f"| {what} | {value} | {target} | `{cmd}` |")
+        for f, result in found:
+            extra = []
+            if "wall_s" in result:
+                extra.append(f"{result['wall_s'] / 60:.0f} min")
+            if "minutes" in result:
+                extra.append(f"{result['minutes']:.0f} min")
+            machine = result.get("machine")
+            if isinstance(machine, dict) and "load_average" in machine:
+                extra.append(f"load average {machine['load_average'][0]:.1f}")
+            if extra:
+                lines.append(f"\n`{f}`: {', '.join(extra)}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--write", type=Path, default=Path("benchmarks/RESULTS.md"))
+    args = parser.parse_args(argv)
+    text = render(args.out_dir)
+    args.write.write_text(text)
+    print(text)
+    print(f"wrote {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
