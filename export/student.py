@@ -28,6 +28,7 @@ from torch import nn
 from edge_runtime.card import Frontend
 from edge_runtime.errors import UserError
 from edge_runtime.frontend import analysis_window, check_frontend, mel_filterbank, padding
+from train.model.heads import init_prior_bias
 
 FORMAT = "meerkit-student"
 VERSION = 1
@@ -172,6 +173,7 @@ class Student(nn.Module):
         self.blocks = nn.ModuleList(Block(c, config.kernel, d, config.expansion, config.activation)
                                     for d in config.dilations)
         self.head = nn.Conv1d(c, n_classes, 1)
+        init_prior_bias(self.head.bias)  # rare calls: start at the prior, not p = 0.5
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.act(self.stem_bn(self.stem(features.transpose(1, 2))))  # (batch, channels, frames)

@@ -63,6 +63,24 @@ def test_focal_loss_weights_exclude_padded_frames_from_the_mean():
     assert sigmoid_focal_loss(logits, targets, weights=torch.zeros(1, 10, 1)).item() == 0.0
 
 
+def test_focal_loss_positives_reduction_normalises_by_the_positive_count():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 50, 4)
+    targets = torch.zeros(2, 50, 4)
+    targets[0, 10:13, 1] = 1  # 3 positives among 400 frame-labels
+    total = sigmoid_focal_loss(logits, targets, reduction="sum")
+    ours = sigmoid_focal_loss(logits, targets, reduction="positives")
+    assert ours.item() == pytest.approx(total.item() / 3, rel=1e-6)
+    # Padding counts neither in the sum nor among the positives; no positives: divide by 1.
+    keep = torch.ones(2, 50, 1)
+    keep[0, 11:] = 0
+    assert sigmoid_focal_loss(logits, targets, weights=keep, reduction="positives").item() == \
+        pytest.approx(sigmoid_focal_loss(logits, targets, weights=keep, reduction="sum").item())
+    empty = torch.zeros_like(targets)
+    assert sigmoid_focal_loss(logits, empty, reduction="positives").item() == pytest.approx(
+        sigmoid_focal_loss(logits, empty, reduction="sum").item())
+
+
 # ---------------------------------------------------------------- data2vec
 def _layers(n=4, batch=2, frames=12, dim=8, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -31,7 +31,10 @@ def test_empirical_coverage_matches_the_exact_expectation(mask_prob, mask_length
 def test_defaults_mask_about_96_percent_in_pretraining():
     pre, fine = PretrainConfig(), FinetuneConfig()
     assert expected_coverage(500, pre.mask_prob, pre.mask_length) == pytest.approx(0.96, abs=0.005)
-    assert expected_coverage(500, fine.mask_prob, fine.mask_length) == pytest.approx(0.64, abs=0.01)
+    # Finetuning masks nothing by default (it stopped the tiny teacher learning, see config);
+    # animal2vec's finetuning value, if asked for, masks about 64%.
+    assert fine.mask_prob == 0.0
+    assert expected_coverage(500, 0.8, fine.mask_length) == pytest.approx(0.64, abs=0.01)
     mask = compute_span_mask(16, 500, pre.mask_prob, pre.mask_length, generator=_gen(3))
     assert 0.94 < mask.float().mean() < 0.98
 

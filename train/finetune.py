@@ -100,7 +100,8 @@ class FinetuneObjective(nn.Module):
             out = m(audio, mask=mask)
             embedding, pooled = out.embedding, out.pooled
         logits = m.classifier(embedding)  # (batch, frames, classes)
-        focal = sigmoid_focal_loss(logits, targets, c.focal_gamma, c.focal_alpha)
+        focal = sigmoid_focal_loss(logits, targets, c.focal_gamma, c.focal_alpha,
+                                   reduction="positives")
         losses = {"focal": focal}
         total = focal
         if m.metadata is not None:

@@ -96,6 +96,8 @@ class Animal2Vec(nn.Module):
                      self.metadata):
             if part is not None:
                 part.apply(init_weights)
+        if self.classifier is not None:
+            self.classifier.reset_parameters()
 
     # -- geometry
     def n_frames(self, n_samples: int) -> int:

@@ -1,0 +1,71 @@
+"""The demo's wiring without its training: the same `edge-runtime` stage and `meerkit subscribe`
+process the demo runs, against a real mosquitto, and the counts its summary is built from."""
+
+import io
+import time
+from contextlib import redirect_stdout
+
+from train.demo import (
+    SubscriberProcess,
+    _cmd,
+    _Echo,
+    runtime_summary,
+    stage,
+    stored_detections,
+    subscriber_duplicates,
+)
+
+
+def test_published_equals_stored_through_the_real_subscriber(broker, energy_model, burst_wav,
+                                                             tmp_path):
+    wav, _ = burst_wav
+    db = tmp_path / "detections.sqlite"
+    sub = SubscriberProcess([_cmd("meerkit"), "subscribe", "--host", "127.0.0.1", "--port",
+                             str(broker.port), "--db", f"sqlite:///{db}", "--print"])
+    sub.start(timeout_s=30)
+    try:
+        lines = stage("edge-runtime", [_cmd("edge-runtime"), "--model", str(energy_model),
+                                       "--input", str(wav), "--device-id", "demo-test",
+                                       "--mqtt-host", "127.0.0.1", "--mqtt-port",
+                                       str(broker.port), "--outbox-path",
+                                       str(tmp_path / "outbox.sqlite"),
+                                       "--audio-start-time", "2025-06-01T04:00:00Z"])
+        stats = runtime_summary(lines)
+        deadline = time.monotonic() + 10  # PUBACKed at the broker, maybe not yet delivered
+        while len(stored_detections(db)) < stats["published"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        assert sub.stop() == 0  # SIGTERM is a clean stop
+    stored = stored_detections(db)
+    assert stats["published"] == stats["detections"] == 9  # the burst file's events (see
+    assert len(stored) == 9                                 # test_runtime_mqtt), all stored
+    assert {d["device_id"] for d in stored} == {"demo-test"}
+    assert sum(" conf " in line for line in sub.lines) == 9  # --print: one line per event
+    assert subscriber_duplicates(sub.lines) == 0
+
+
+def test_progress_bars_are_thinned_in_a_log_but_other_lines_kept():
+    echo, out = _Echo(quiet_lines="noisy"), io.StringIO()
+    with redirect_stdout(out):
+        echo.tty = False
+        for i in range(1, 100):
+            echo(f"train:  {i}%|###      | {i}/100 [00:01<00:10, 9.0step/s]\n")
+        echo("train: 100%|#########| 100/100 [00:11<00:00, 9.0step/s]\n")
+        echo("INFO wrote model.pt\n")
+        echo("a noisy line\n")
+    printed = out.getvalue().splitlines()
+    assert printed[0].strip().startswith("train:  1%")  # the first bar line shows at once
+    assert sum("%|" in line for line in printed) == 2  # then only the finished bar
+    assert printed[-1] == "    INFO wrote model.pt"
+
+
+def test_summary_parsers_read_the_real_closing_lines():
+    line = ("2025-01-01 INFO edge_runtime.cli: done: 60.0 s of audio, 7 detection(s), "
+            "real-time factor 0.0051, 0.0 s of audio dropped, 2 unsent in the outbox\n")
+    assert runtime_summary(["x\n", line]) == {"detections": 7, "real_time_factor": 0.0051,
+                                             "published": 5}
+    assert runtime_summary(["nothing\n"]) == {}
+    closing = ("INFO edge_runtime.subscriber: subscriber stopped: received 9, stored 7, "
+               "duplicates 2, rejected 0; 7 rows in the database\n")
+    assert subscriber_duplicates([closing]) == 2
+    assert subscriber_duplicates([]) is None
