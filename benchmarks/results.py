@@ -75,11 +75,12 @@ def runtime_rows(result: dict) -> list[Row]:
             (f"{tag}: peak RSS (VmHWM)", f"{r['peak_rss_mb']:.0f} MB",
              f"<= {rss_t} MB: {_verdict(r['peak_rss_mb'] <= rss_t)}" if rss_t else "", cmd),
         ]
-        median = lat.get("latency_median_s")
+        median, worst = lat.get("latency_median_s"), lat.get("latency_max_s")
         if median is not None:
+            verdict = (f"<= {lat_t} s: median {_verdict(median <= lat_t)}, max "
+                       f"{_verdict(worst <= lat_t)}" if lat_t else "")
             rows.append((f"{tag}: call end -> MQTT arrival, median / max",
-                         f"{median:.2f} / {lat['latency_max_s']:.2f} s (n={lat['detections']})",
-                         f"<= {lat_t} s: {_verdict(median <= lat_t)}" if lat_t else "", cmd))
+                         f"{median:.2f} / {worst:.2f} s (n={lat['detections']})", verdict, cmd))
     return rows
 
 
@@ -88,16 +89,14 @@ def train_rows(result: dict) -> list[Row]:
     setup = (f"synth `{result['preset']}`, tiny model, pretrain {result['pretrain_steps']} / "
              f"finetune {result['finetune_steps']} steps")
     return [(f"claim ({r['claim']}) {r['setting']}: macro frame AP on `{r['split']}` ({setup})",
-             f"{r['macro_ap']:.3f}", "", f"{cmd}  # row: {r['command']}")
+             f"{r['macro_ap']:.3f}", "", f"{cmd}  (this row alone: {r['command']})")
             for r in result["rows"]]
 
 
 SECTIONS = (  # title, JSON file(s) under out-dir, row builder
-    ("Training claims (animal2vec pretraining, MetaPerch heads)", ("train/train_table.json",),
-     train_rows),
-    ("Export: teacher vs fp32 student vs int8 student", ("export_table.json",), export_rows),
-    ("Edge runtime on the int8 student", ("runtime_bench.json", "runtime_bench_hop0.2.json"),
-     runtime_rows),
+    ("training", ("train/train_table.json",), train_rows),
+    ("export", ("export_table.json",), export_rows),
+    ("edge runtime", ("runtime_bench.json", "runtime_bench_hop0.2.json"), runtime_rows),
 )
 
 
@@ -111,39 +110,49 @@ NOT_MEASURED = (
 
 
 def render(out_dir: Path) -> str:
+    """One table (a section column groups it); each row names its command, listed below."""
+    table = ["| section | what | measured | target | command |", "|---|---|---|---|---|"]
+    commands: dict[str, str] = {}  # command -> label
+    notes, missing = [], []
+    for title, files, build in SECTIONS:
+        found = [(f, r) for f, r in ((f, _load(out_dir / f)) for f in files) if r is not None]
+        if not found:
+            missing.append(f"{title}: not run (no `{out_dir / files[0]}`).")
+            continue
+        for f, result in found:
+            for what, value, target, cmd in build(result):
+                label = commands.setdefault(cmd, f"C{len(commands) + 1}")
+                table.append(f"| {title} | {what} | {value} | {target} | {label} |")
+            extra = []
+            for key, scale in (("wall_s", 60), ("minutes", 1)):
+                if key in result:
+                    extra.append(f"took {result[key] / scale:.0f} min")
+            machine = result.get("machine")
+            if isinstance(machine, dict) and "load_average" in machine:
+                extra.append(f"load average {machine['load_average'][0]:.1f}")
+            if extra:
+                notes.append(f"`{f}`: {', '.join(extra)}.")
     lines = [
         "# Measured results",
         "",
         f"Written by `python benchmarks/results.py` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the JSON files in `{out_dir}` "
-        f"({platform.machine()}, {platform.python_version()}). `make bench` reruns everything "
-        "(about two hours on a 2-core machine). Each row's command reproduces it.",
+        f"({platform.machine()}, Python {platform.python_version()}). `make bench` reruns "
+        "everything (one to two hours on a 2-core machine). Targets are DESIGN.md's.",
+        "",
+        *table,
+        "",
+        "Commands (run from the repository root):",
+        "",
+        *(f"- {label}: `{cmd}`" for cmd, label in commands.items()),
+        "",
+        *(f"- {note}" for note in notes + missing),
+        "",
+        "## Not measured",
+        "",
+        *(f"- {item}" for item in NOT_MEASURED),
         "",
     ]
-    for title, files, build in SECTIONS:
-        lines += [f"## {title}", ""]
-        results = [(f, _load(out_dir / f)) for f in files]
-        found = [(f, r) for f, r in results if r is not None]
-        if not found:
-            lines += [f"Not run: no `{out_dir / files[0]}`.", ""]
-            continue
-        lines += ["| what | measured | target | command |", "|---|---|---|---|"]
-        for _, result in found:
-            for what, value, target, cmd in build(result):
-                lines.append(f"| {what} | {value} | {target} | `{cmd}` |")
-        for f, result in found:
-            extra = []
-            if "wall_s" in result:
-                extra.append(f"{result['wall_s'] / 60:.0f} min")
-            if "minutes" in result:
-                extra.append(f"{result['minutes']:.0f} min")
-            machine = result.get("machine")
-            if isinstance(machine, dict) and "load_average" in machine:
-                extra.append(f"load average {machine['load_average'][0]:.1f}")
-            if extra:
-                lines.append(f"\n`{f}`: {', '.join(extra)}.")
-        lines.append("")
-    lines += ["## Not measured", ""] + [f"- {item}" for item in NOT_MEASURED] + [""]
     return "\n".join(lines)
 
 

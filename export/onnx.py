@@ -94,9 +94,7 @@ def export_onnx(checkpoint: Path, out: Path, window_s: float | None = None,
     model = to_onnx_model(source)
     with tempfile.TemporaryDirectory(prefix="meerkit-onnx-") as tmp:
         candidate = write_onnx(model, source.card, Path(tmp) / "candidate.onnx")
-        # Students agree to ~1e-6 relative; the teacher's longer float32 chain (sinc, log,
-        # LayerNorm, attention) to ~1e-5.
-        limit = rtol if rtol is not None else (1e-4 if source.kind == "student" else 1e-3)
+        limit = rtol if rtol is not None else source.fp32_tolerance
         diff = check_against_torch(candidate, source, limit)
         log.info("ONNX Runtime vs PyTorch: max relative difference %.2e", diff)
         Path(out).parent.mkdir(parents=True, exist_ok=True)

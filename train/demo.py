@@ -50,7 +50,7 @@ class _Echo:
 
     def __call__(self, line: str) -> None:
         text = line.rstrip("\n")
-        if self.quiet and self.quiet in text:
+        if (self.quiet and self.quiet in text) or _TF_NOISE.match(text):
             return
         if _PROGRESS.search(text):
             done = "100%|" in text
@@ -70,6 +70,10 @@ class _Echo:
 
 
 _PROGRESS = re.compile(r"\d+%\|")
+# TensorFlow's C++ start-up chatter (imported by tensorboard and onnx2tf; printed before
+# TF_CPP_MIN_LOG_LEVEL applies): it says nothing to a demo user.
+_TF_NOISE = re.compile(r"(I0000 |WARNING: All log messages before absl|To enable the following "
+                       r"instructions|W\d{4} .*torchvision is not installed)")
 
 
 def stage(title: str, argv: list[str], skip_if: Path | None = None,
