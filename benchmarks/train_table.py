@@ -6,10 +6,10 @@
     (unseen recorders and region): no heads vs standard location/time heads vs an
     adversarial recorder head.
 
-Every row prints the `meerkit` command that reproduces it. Run time on the 2-core CI machine
-with the defaults (`--preset default`, tiny model, 2 s clips): measured 90 minutes while
-the machine was shared with other jobs (expect ~40 on an idle one); `--quick`
-takes a few minutes and is only a smoke run (its numbers mean little).
+Every row prints the `meerkit` command that reproduces it. Run time on the 2-core machine
+with the defaults (`--preset default`, tiny model, 2 s clips): 32 minutes (a `make test` ran
+beside it for the first 8); `--quick` takes a few minutes and is only a smoke run (its
+numbers mean little).
 
     python benchmarks/train_table.py [--out benchmarks/out/train] [--quick]
 """
