@@ -3,8 +3,9 @@
 Per step: optionally mix two clips (labels = union of both clips' events); mask frames as
 regularisation; focal loss on frame logits; plus the MetaPerch metadata heads on the pooled
 embedding (standard heads teach where/when, adversarial ones unlearn e.g. the recorder). For
-the first `freeze_encoder_steps` of a run from a pretrained model only the heads learn; the sinc + conv front end stays frozen
-unless `train_feature_encoder`. The best model on `val` (frame macro AP) is kept.
+the first `freeze_encoder_steps` of a run from a pretrained model only the heads learn; the
+sinc + conv front end stays frozen only with `train_feature_encoder=false` (animal2vec's
+choice; at CPU scale it stops learning). The best model on `val` (frame macro AP) is kept.
 """
 
 from __future__ import annotations
