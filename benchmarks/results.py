@@ -140,8 +140,9 @@ def render(out_dir: Path) -> str:
                 table.append(f"| {title} | {what} | {value} | {target} | {label} |")
             extra = []
             for key, scale in (("wall_s", 60), ("minutes", 1)):
-                if key in result:
-                    extra.append(f"took {result[key] / scale:.0f} min")
+                if key in result:  # both scripts reuse finished runs/artifacts in their folder
+                    extra.append(f"its last invocation took {result[key] / scale:.0f} min "
+                                 "(runs already on disk are reused, not redone)")
             machine = result.get("machine")
             if isinstance(machine, dict) and "load_average" in machine:
                 extra.append(f"load average {machine['load_average'][0]:.1f}")

@@ -263,8 +263,8 @@ def run_demo(args: argparse.Namespace) -> int:
           [meerkit, "train", "pretrain", *common, "--out", str(pre),
            "--steps", str(args.pretrain_steps)], skip_if=pre / "model.pt")
     # Two teachers: the designed path (pretrained init + metadata heads) and focal loss from
-    # scratch. At CPU scale a teacher finetuned from the pretrained model stays near chance
-    # (benchmarks/RESULTS.md), so the demo shows both and distils from the better one on val.
+    # scratch. At CPU scale pretraining does not help yet (benchmarks/RESULTS.md), so the
+    # demo shows both and distils from the better one on val.
     candidates = {"pretrained + metadata heads": (out / "finetune_pretrained",
                                                   ["--init", str(pre / "model.pt"),
                                                    "--meta", "default"]),
