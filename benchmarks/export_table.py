@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                       "macro_ap_shift": frame_ap(path, data, "shift")}
     from benchmarks import invocation
 
-    result = {"command": invocation(), "rows": rows, "data": str(data), "teacher": str(teacher), "student": str(student),
-              "runs": args.runs, "machine": platform.machine(), "python": sys.version.split()[0],
+    result = {"command": invocation(), "rows": rows, "data": str(data), "teacher": str(teacher),
+              "student": str(student), "runs": args.runs, "machine": platform.machine(), "python": sys.version.split()[0],
               "wall_s": time.perf_counter() - t0}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -269,7 +269,8 @@ def main() -> int:
             print_table(results[-1])
     from benchmarks import invocation
 
-    out = {"command": invocation(), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+    out = {"command": invocation(),
+           "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "python": platform.python_version(),
                        "load_average": os.getloadavg()},
            "targets": {"real_time_factor": 0.01, "e2e_over_invoke": 1.1, "peak_rss_mb": 150,

@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"  [{r['claim']}] {r['setting']}: {r['command']}")
     out = args.out / "train_table.json"
-    out.write_text(json.dumps({"command": invocation(), "preset": args.preset, "clip_s": args.clip_s,
+    out.write_text(json.dumps({"command": invocation(), "preset": args.preset,
+                               "clip_s": args.clip_s,
                                "pretrain_steps": args.pretrain_steps,
                                "finetune_steps": args.finetune_steps,
                                "minutes": elapsed / 60, "rows": rows}, indent=2))

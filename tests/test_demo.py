@@ -5,6 +5,8 @@ import io
 import time
 from contextlib import redirect_stdout
 
+import pytest
+
 from train.demo import (
     SubscriberProcess,
     _cmd,
@@ -42,6 +44,20 @@ def test_published_equals_stored_through_the_real_subscriber(broker, energy_mode
     assert {d["device_id"] for d in stored} == {"demo-test"}
     assert sum(" conf " in line for line in sub.lines) == 9  # --print: one line per event
     assert subscriber_duplicates(sub.lines) == 0
+
+
+def test_a_subscriber_that_cannot_connect_fails_at_once(tmp_path):
+    from conftest import free_port
+
+    from edge_runtime.errors import UserError
+
+    sub = SubscriberProcess([_cmd("meerkit"), "subscribe", "--host", "127.0.0.1", "--port",
+                             str(free_port()), "--db", f"sqlite:///{tmp_path / 'd.sqlite'}"])
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="did not subscribe"):
+        sub.start(timeout_s=60)
+    assert time.monotonic() - t0 < 30  # it exited; start() did not wait out the minute
+    assert any("cannot connect" in line for line in sub.lines)
 
 
 def test_progress_bars_are_thinned_in_a_log_and_tensorflow_chatter_dropped():

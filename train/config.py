@@ -302,9 +302,10 @@ class FinetuneConfig(ConfigBase):
 
     focal_gamma: float = 2.0
     focal_alpha: float | None = 0.25
-    # animal2vec masks during finetuning too; at CPU scale it stops learning altogether (tiny
-    # teacher, 400 steps, synth small: val macro AP 0.018 with mask_prob 0.8 (~55% of frames
-    # masked) vs 0.260 with 0). Off by default; `--set mask_prob=0.5` for long GPU runs.
+    # animal2vec masks during finetuning too; at CPU scale it costs half the AP (tiny teacher
+    # from scratch, 400 steps, synth small: val / test macro AP 0.183 / 0.115 with mask_prob
+    # 0.8, ~55% of frames masked, vs 0.332 / 0.263 with 0). Off by default; `--set
+    # mask_prob=0.5` for long GPU runs.
     mask_prob: float = 0.0
     mask_length: int = 2
     freeze_encoder_steps: int = 2_000  # first steps: only the heads learn

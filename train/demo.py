@@ -70,8 +70,8 @@ class _Echo:
 
 
 _PROGRESS = re.compile(r"\d+%\|")
-# TensorFlow's C++ start-up chatter (imported by tensorboard and onnx2tf; printed before
-# TF_CPP_MIN_LOG_LEVEL applies): it says nothing to a demo user.
+# TensorFlow's C++ start-up chatter (imported by tensorboard and onnx2tf; absl prints it
+# before any log level applies, so TF_CPP_MIN_LOG_LEVEL does not help): nothing for a user.
 _TF_NOISE = re.compile(r"(I0000 |WARNING: All log messages before absl|To enable the following "
                        r"instructions|W\d{4} .*torchvision is not installed)")
 
@@ -182,7 +182,8 @@ class SubscriberProcess:
     def __init__(self, argv: list[str]):
         self.argv = argv
         self.lines: list[str] = []
-        self.ready = threading.Event()
+        self.subscribed = False
+        self.ready = threading.Event()  # subscribed, or exited
 
     def start(self, timeout_s: float = 60.0) -> None:
         print(f"\n=== subscriber (central server)\n$ {' '.join(shlex.quote(a) for a in self.argv)}",
@@ -191,7 +192,7 @@ class SubscriberProcess:
                                      text=True, bufsize=1)
         self.reader = threading.Thread(target=self._echo, daemon=True)
         self.reader.start()
-        if not self.ready.wait(timeout_s):
+        if not (self.ready.wait(timeout_s) and self.subscribed):
             self.stop()
             raise UserError("demo: the subscriber did not subscribe within "
                             f"{timeout_s:.0f} s:\n{''.join(self.lines[-10:])}")
@@ -200,8 +201,10 @@ class SubscriberProcess:
         for line in self.proc.stdout:
             self.lines.append(line)
             if "subscribed to" in line:
+                self.subscribed = True
                 self.ready.set()
             print(f"  [subscriber] {line}", end="", flush=True)
+        self.ready.set()  # it exited: start() need not wait out its timeout
 
     def stop(self) -> int:
         """SIGTERM (a clean shutdown: counts logged, database closed); the exit code."""
@@ -376,7 +379,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def runtime_summary(lines: list[str]) -> dict[str, float]:
     """Numbers from edge-runtime's closing line ('done: … N detection(s), real-time factor …')."""
-
     for line in reversed(lines):
         m = re.search(r"(\d+) detection\(s\), real-time factor ([\d.e-]+).*?(\d+) unsent", line)
         if m:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -53,9 +52,6 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # TensorFlow (pulled in by tensorboard and onnx2tf) prints C++ INFO lines on import that
-    # say nothing to a user; warnings and errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
