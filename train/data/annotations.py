@@ -1,4 +1,8 @@
-"""`annotations.csv`: one labelled event per row, `file,start_s,end_s,label[,low_hz,high_hz,focal]`.
+"""`annotations.csv`: one labelled event per row,
+`file,start_s,end_s,label[,low_hz,high_hz,focal,snr_db]`.
+
+`snr_db` is the call's signal-to-noise ratio where the source knows it (synth does; field
+annotations leave it empty): evaluation reports event recall by SNR bucket from it.
 
 Also home of `DatasetError` and the strict CSV reader every dataset table goes through, so
 that every table reports mistakes the same way: `path:line: what is wrong` (line 1 is the
@@ -19,7 +23,7 @@ import numpy as np
 from edge_runtime.errors import UserError, location
 
 REQUIRED_COLUMNS = ("file", "start_s", "end_s", "label")
-OPTIONAL_COLUMNS = ("low_hz", "high_hz", "focal")
+OPTIONAL_COLUMNS = ("low_hz", "high_hz", "focal", "snr_db")
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
 
@@ -37,6 +41,7 @@ class Annotation:
     low_hz: float | None = None
     high_hz: float | None = None
     focal: bool | None = None
+    snr_db: float | None = None  # known only for generated data; may be negative
 
     @property
     def duration_s(self) -> float:
@@ -152,6 +157,7 @@ def parse_annotation(cells: Mapping[str, str], where: str) -> Annotation:
     """Build and check one annotation from its cells (used for every source format)."""
     low = parse_float(cells.get("low_hz", ""), "low_hz", where, required=False)
     high = parse_float(cells.get("high_hz", ""), "high_hz", where, required=False)
+    snr = parse_float(cells.get("snr_db", ""), "snr_db", where, required=False)
     focal_text = cells.get("focal", "").lower()
     if focal_text and focal_text not in _TRUE | _FALSE:
         raise DatasetError(f"{where}: focal '{cells['focal']}' is not one of 1/0/true/false/yes/no")
@@ -163,6 +169,7 @@ def parse_annotation(cells: Mapping[str, str], where: str) -> Annotation:
         low_hz=low,
         high_hz=high,
         focal=(focal_text in _TRUE) if focal_text else None,
+        snr_db=snr,
     )
     check_annotation(ann, where)
     return ann

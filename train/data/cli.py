@@ -22,7 +22,7 @@ SUMMARY_FRAME_RATE_HZ = 50.0
 _LAYOUT = """\
 A dataset is a folder:
   audio/           .wav/.flac recordings (any rate, any channels, subfolders allowed)
-  annotations.csv  file,start_s,end_s,label[,low_hz,high_hz,focal]  (file relative to audio/)
+  annotations.csv  file,start_s,end_s,label[,low_hz,high_hz,focal,snr_db]  (file relative to audio/)
   metadata.csv     file + any of lat,lon,elevation_m,recorded_at,recorder_id,site,habitat,
                    individual (empty cell = missing; recorded_at ISO 8601 with time zone)
   splits.csv       file,split (optional; split names like train, val, test, shift, pretrain)

@@ -3,7 +3,7 @@
 ```
 ROOT/
   audio/            .wav/.flac, any rate, mono or multichannel, subfolders allowed
-  annotations.csv   file,start_s,end_s,label[,low_hz,high_hz,focal]   (required)
+  annotations.csv   file,start_s,end_s,label[,low_hz,high_hz,focal,snr_db]   (required)
   metadata.csv      file + any of lat,lon,elevation_m,recorded_at,recorder_id,site,
                     habitat,individual; empty cell = missing               (optional)
   splits.csv        file,split                                             (optional)
