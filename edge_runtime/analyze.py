@@ -5,7 +5,8 @@ on the recorder itself.
 Each file is read in blocks (an hour at 384 kHz never sits in memory), mixed to mono and
 resampled to the model's rate (`audio.Conformer`, as in the field runtime), windowed with
 `windows.WindowedStream` and decoded with `events.StreamingDecoder` using the card's per-label
-thresholds (`threshold` overrides them all). Streaming equals batch (`windows.track`,
+decoder settings (`threshold` etc. override them for every label); labels the card marks
+undetectable are not reported unless `emit_undetectable`. Streaming equals batch (`windows.track`,
 `events.decode_events`) by test, so results match `meerkit` evaluation.
 
 Outputs in `out`:
@@ -76,9 +77,10 @@ class AnalyzeConfig:
     out: str  # output folder
     workers: int = 0  # processes; 0 = one per CPU core (pass 1 on a recorder that also listens)
     threshold: float | None = None  # overrides every label's card threshold
-    hysteresis: float = 0.1
-    min_duration_s: float = 0.0
-    merge_gap_s: float = 0.0
+    hysteresis: float | None = None  # None: the card's per label (0.1 on older cards)
+    min_duration_s: float | None = None  # None: the card's per label (0 on older cards)
+    merge_gap_s: float | None = None  # None: the card's per label (0 on older cards)
+    emit_undetectable: bool = False  # also report labels the card marks undetectable
     channel: str = "mix"  # "mix" or a 0-based channel index
     recursive: bool = False
     force: bool = False  # analyse files the manifest says are done
@@ -451,12 +453,16 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
     card = model.card
     thresholds = ([cfg.threshold] * len(card.labels) if cfg.threshold is not None
                   else list(card.thresholds))
-    decoder = DecoderConfig(threshold=thresholds, hysteresis=cfg.hysteresis,
-                            min_duration_s=cfg.min_duration_s, merge_gap_s=cfg.merge_gap_s)
+    decoder = card.decoder_config(thresholds, cfg.hysteresis, cfg.min_duration_s,
+                                  cfg.merge_gap_s, emit_undetectable=cfg.emit_undetectable)
+    off = card.suppressed(cfg.emit_undetectable)
+    if off:
+        log.warning("not reported, the card marks them undetectable (--emit-undetectable "
+                    "reports them): %s", "; ".join(f"{u.label} ({u.reason})" for u in off))
     settings = {"model_sha256": file_sha256(cfg.model), "labels": list(card.labels),
-                "thresholds": thresholds, "hysteresis": cfg.hysteresis,
-                "min_duration_s": cfg.min_duration_s, "merge_gap_s": cfg.merge_gap_s,
-                "channel": cfg.channel}
+                "thresholds": thresholds, "hysteresis": decoder.hysteresis,
+                "min_duration_s": decoder.min_duration_s, "merge_gap_s": decoder.merge_gap_s,
+                "not_reported": [u.label for u in off], "channel": cfg.channel}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = Summary(out=out, files=len(jobs))

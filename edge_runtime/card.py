@@ -9,12 +9,15 @@ no flatbuffers/schema package; writing lives in `export/card.py`.
 from __future__ import annotations
 
 import json
+import math
 import struct
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import UserError
+from edge_runtime.events import DecoderConfig
 
 CARD_KEY = "meerkit_card"
 CARD_SCHEMA = 1
@@ -49,6 +52,31 @@ class Quantization:
 
 
 @dataclass(frozen=True)
+class LabelDecoder:
+    """How one label's frame probabilities become events (`edge_runtime.events`), chosen on
+    `val` for event F1 (`export/decoder_search.py`)."""
+
+    label: str
+    threshold: float  # on: p >= threshold
+    hysteresis: float = 0.1  # stay on while p >= threshold - hysteresis (the off threshold)
+    min_duration_s: float = 0.0
+    merge_gap_s: float = 0.0
+
+    @property
+    def off_threshold(self) -> float:
+        return max(self.threshold - self.hysteresis, 0.0)
+
+
+@dataclass(frozen=True)
+class UndetectableLabel:
+    """A label the model cannot detect usefully (the runtime does not emit it by default)."""
+
+    label: str
+    reason: str  # e.g. "no events in val", "best val event F1 0.08 < 0.2"
+    best_f1: float | None = None  # best event F1 on val; None when val had no events of it
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     version: str
@@ -60,6 +88,10 @@ class ModelCard:
     labels: tuple[str, ...]
     thresholds: tuple[float, ...]  # per label, decision threshold on the sigmoid
     frontend: Frontend = field(default_factory=Frontend)
+    # Per label, in label order (thresholds repeat `thresholds`); () on cards made before the
+    # decoder was tuned: the runtime then uses `thresholds` and its configured defaults.
+    decoder: tuple[LabelDecoder, ...] = ()
+    undetectable_labels: tuple[UndetectableLabel, ...] = ()
     output: str = "logits"  # "logits" (runtime applies sigmoid) or "probabilities"
     quantization: Quantization = field(default_factory=Quantization)
     lineage: dict[str, Any] = field(default_factory=dict)  # teacher name/sha256, student arch
@@ -86,6 +118,48 @@ class ModelCard:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
+    def label_decoders(self) -> tuple[LabelDecoder, ...]:
+        """Per-label decoder settings; a card without them gives its thresholds with the
+        defaults the runtime always used (hysteresis 0.1, no min duration, no merge)."""
+        return self.decoder or tuple(LabelDecoder(label, t)
+                                     for label, t in zip(self.labels, self.thresholds, strict=True))
+
+    def suppressed(self, emit_undetectable: bool = False) -> tuple[UndetectableLabel, ...]:
+        """The labels the runtime does not emit: the undetectable ones, unless asked to."""
+        return () if emit_undetectable else self.undetectable_labels
+
+    def decoder_config(self, thresholds: Sequence[float] | None = None,
+                       hysteresis: float | None = None, min_duration_s: float | None = None,
+                       merge_gap_s: float | None = None, max_duration_s: float | None = None,
+                       emit_undetectable: bool = False) -> DecoderConfig:
+        """The decoder this card prescribes. A value given here replaces the card's for every
+        label (`thresholds`: one per label); a label whose threshold is replaced keeps its
+        tuned off/on ratio (an absolute hysteresis tuned for 0.6 would leave a 0.2 threshold
+        no off threshold at all). Undetectable labels are off unless `emit_undetectable`."""
+        per_label = self.label_decoders()
+        off = {u.label for u in self.suppressed(emit_undetectable)}
+        on = [d.threshold for d in per_label] if thresholds is None else list(thresholds)
+        if len(on) != len(self.labels):
+            raise UserError(f"{len(on)} thresholds given for {len(self.labels)} labels "
+                            f"({', '.join(self.labels)})")
+
+        def pick(given: float | None, name: str) -> list[float]:
+            return [float(getattr(d, name)) if given is None else given for d in per_label]
+
+        def scaled(d: LabelDecoder, t: float) -> float:
+            if not self.decoder or t == d.threshold or d.threshold <= 0:
+                return d.hysteresis  # cards without tuned settings: 0.1 as always
+            return d.hysteresis * t / d.threshold
+
+        return DecoderConfig(
+            threshold=on,
+            hysteresis=[scaled(d, t) for d, t in zip(per_label, on, strict=True)]
+            if hysteresis is None else pick(hysteresis, "hysteresis"),
+            min_duration_s=pick(min_duration_s, "min_duration_s"),
+            merge_gap_s=pick(merge_gap_s, "merge_gap_s"),
+            max_duration_s=max_duration_s,
+            emit=[label not in off for label in self.labels])
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "model card") -> ModelCard:
         if not isinstance(data, dict):
@@ -105,8 +179,19 @@ class ModelCard:
             values["quantization"] = Quantization(**data.get("quantization", {}))
         except TypeError as err:
             raise UserError(f"{where}: {err}") from None
-        values["labels"] = tuple(data["labels"])
-        values["thresholds"] = tuple(float(t) for t in data["thresholds"])
+        try:
+            values["labels"] = tuple(data["labels"])
+            values["thresholds"] = tuple(float(t) for t in data["thresholds"])
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{where}: labels/thresholds must be lists ({err})") from None
+        for name, kind in (("decoder", LabelDecoder), ("undetectable_labels", UndetectableLabel)):
+            entries = data.get(name, [])
+            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+                raise UserError(f"{where}: {name} must be a list of objects")
+            try:
+                values[name] = tuple(kind(**e) for e in entries)
+            except TypeError as err:
+                raise UserError(f"{where}: {name}: {err}") from None
         try:
             return cls(**values)
         except UserError as err:
@@ -137,6 +222,7 @@ def validate_card_values(card: ModelCard) -> list[str]:
         problems.append(f"{len(card.thresholds)} thresholds for {len(card.labels)} labels")
     if any(not 0.0 <= t <= 1.0 for t in card.thresholds):
         problems.append("thresholds must be in [0, 1]")
+    problems += _decoder_problems(card)
     if card.frontend.kind not in FRONTENDS:
         problems.append(f"frontend.kind {card.frontend.kind!r} is not one of {FRONTENDS}")
     if card.frontend.kind == "logmel" and not (card.frontend.n_fft and card.frontend.hop_length
@@ -146,6 +232,43 @@ def validate_card_values(card: ModelCard) -> list[str]:
         problems.append(f"quantization.mode {card.quantization.mode!r} is not one of {QUANTIZATIONS}")
     if card.output not in ("logits", "probabilities"):
         problems.append(f"output {card.output!r} must be logits or probabilities")
+    return problems
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _decoder_problems(card: ModelCard) -> list[str]:
+    problems = []
+    if card.decoder:
+        names = [d.label for d in card.decoder]
+        if names != list(card.labels):
+            problems.append(f"decoder labels {names} must be the card's labels in order "
+                            f"{list(card.labels)}")
+    for i, d in enumerate(card.decoder):
+        where = f"decoder[{d.label}]"
+        if not _number(d.threshold) or not 0.0 <= d.threshold <= 1.0:
+            problems.append(f"{where}.threshold must be in [0, 1], got {d.threshold!r}")
+        elif i < len(card.thresholds) and abs(d.threshold - card.thresholds[i]) > 1e-9:
+            problems.append(f"{where}.threshold {d.threshold} differs from thresholds[{i}] "
+                            f"{card.thresholds[i]}")
+        for name in ("hysteresis", "min_duration_s", "merge_gap_s"):
+            v = getattr(d, name)
+            if not _number(v) or v < 0:
+                problems.append(f"{where}.{name} must be a finite number >= 0, got {v!r}")
+    seen = set()
+    for u in card.undetectable_labels:
+        if u.label not in card.labels:
+            problems.append(f"undetectable label {u.label!r} is not one of the labels")
+        if u.label in seen:
+            problems.append(f"undetectable label {u.label!r} is listed twice")
+        seen.add(u.label)
+        if not isinstance(u.reason, str) or not u.reason.strip():
+            problems.append(f"undetectable label {u.label!r} needs a reason")
+        if u.best_f1 is not None and (not _number(u.best_f1) or not 0.0 <= u.best_f1 <= 1.0):
+            problems.append(f"undetectable label {u.label!r}: best_f1 must be in [0, 1] or "
+                            f"null, got {u.best_f1!r}")
     return problems
 
 

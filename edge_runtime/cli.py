@@ -98,7 +98,8 @@ def load_model(cfg: RuntimeConfig) -> TFLiteModel:
 
 
 def decoder_config(cfg: RuntimeConfig, model: TFLiteModel) -> DecoderConfig:
-    """The card's per-label thresholds, overridden by [model.thresholds]."""
+    """The card's per-label decoder settings, overridden by [model]; the labels the card
+    marks undetectable are off unless model.emit_undetectable."""
     labels = list(model.card.labels)
     thresholds = list(model.card.thresholds)
     for label, value in cfg.model.thresholds.items():
@@ -106,10 +107,15 @@ def decoder_config(cfg: RuntimeConfig, model: TFLiteModel) -> DecoderConfig:
             raise UserError(f"model.thresholds: the model has no label {label!r}"
                             f"{suggest(label, labels)}; labels are {', '.join(labels)}")
         thresholds[labels.index(label)] = value
-    return DecoderConfig(threshold=thresholds, hysteresis=cfg.model.hysteresis,
-                         min_duration_s=cfg.model.min_duration_s,
-                         merge_gap_s=cfg.model.merge_gap_s,
-                         max_duration_s=cfg.model.max_duration_s)
+    m = cfg.model
+    return model.card.decoder_config(thresholds, m.hysteresis, m.min_duration_s, m.merge_gap_s,
+                                     m.max_duration_s, m.emit_undetectable)
+
+
+def suppressed_text(cfg: RuntimeConfig, model: TFLiteModel) -> str:
+    """Which labels are not emitted and why ("" when none)."""
+    off = model.card.suppressed(cfg.model.emit_undetectable)
+    return "; ".join(f"{u.label} ({u.reason})" for u in off)
 
 
 def make_source(cfg: RuntimeConfig, model_rate: int) -> Source:
@@ -172,6 +178,9 @@ def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None) -> int:
         clips = ClipRecorder(cfg.clips.dir, card.sample_rate, cfg.clips.pre_s, cfg.clips.post_s,
                              cfg.clips.max_files, cfg.clips.max_mb, cfg.model.max_duration_s)
     log.info("model: %s", model.describe())
+    if suppressed_text(cfg, model):
+        log.info("not emitted, the card marks them undetectable (--emit-undetectable emits "
+                 "them): %s", suppressed_text(cfg, model))
     log.info("audio: %s -> %d Hz mono (channel %s); windows of %d samples every %d",
              source.description, card.sample_rate, cfg.audio.channel, geometry.window, geometry.hop)
     publisher = make_publisher(cfg)
@@ -264,6 +273,9 @@ def run_check(cfg: RuntimeConfig) -> int:
         ms = (time.perf_counter() - t0) * 1000
         report(True, "model", f"{model.describe()}; one window ran in {ms:.1f} ms -> "
                               f"{tuple(probs.shape)} probabilities")
+        off = suppressed_text(cfg, model)
+        report(True, "labels", f"not emitted (undetectable; --emit-undetectable emits them): "
+                               f"{off}" if off else "every label is emitted")
     except UserError as err:
         report(False, "model", str(err))
     try:

@@ -68,10 +68,12 @@ class ModelConfig:
     threads: int = 1
     hop_s: float = 0.0  # window hop; 0 = the card's. Smaller = lower latency, more CPU
     thresholds: dict[str, float] = field(default_factory=dict)  # per label, overrides the card
-    hysteresis: float = 0.1
-    min_duration_s: float = 0.0
-    merge_gap_s: float = 0.0
+    # Unset = the card's per-label values (cards without them: 0.1, 0, 0); set = every label.
+    hysteresis: float | None = None
+    min_duration_s: float | None = None
+    merge_gap_s: float | None = None
     max_duration_s: float = 30.0  # long sounds are published in chunks, never held back forever
+    emit_undetectable: bool = False  # also emit the labels the card marks undetectable
 
 
 @dataclass
@@ -143,6 +145,7 @@ ALIASES: dict[tuple[str, str], tuple[str, ...]] = {
     ("audio", "mic_device"): ("--mic-device",),
     ("audio", "start_time"): ("--start-time",),
     ("mqtt", "enabled"): ("--mqtt",),
+    ("model", "emit_undetectable"): ("--emit-undetectable",),
 }
 
 
@@ -338,6 +341,9 @@ def validate(cfg: RuntimeConfig) -> None:
     for label, value in m.thresholds.items():
         if not 0.0 <= value <= 1.0:
             problems.append(f"model.thresholds.{label} must be in [0, 1], got {value}")
+    for key in ("hysteresis", "min_duration_s", "merge_gap_s"):
+        if getattr(m, key) is not None and getattr(m, key) < 0:
+            problems.append(f"model.{key} must be >= 0, got {getattr(m, key)}")
     if not 0 <= q.port < 65536:
         problems.append(f"mqtt.port {q.port} is not a TCP port")
     if not q.topic_prefix or any(ch in q.topic_prefix for ch in "#+"):

@@ -5,7 +5,8 @@ Frame convention: frame k of a stream starting at `start_s` covers
 [start_s + k/fr, start_s + (k+1)/fr). A decoded event spanning frames [a, b) has
 start_s = start_s0 + a/fr and end_s = start_s0 + b/fr.
 
-Decoding, per class (`DecoderConfig`):
+Decoding, per class (`DecoderConfig`; each setting is one value or one per class, and a
+class with `emit` False is not decoded at all):
 1. hysteresis: an event switches on at a frame with p >= threshold and stays on while
    p >= threshold - hysteresis (and p > 0, so an off threshold that clips to 0 still ends);
 2. merge: events of one class whose gap is <= merge_gap_s are joined (confidence then covers
@@ -56,42 +57,55 @@ class Event:
 class DecoderConfig:
     """How frame probabilities become events (see the module docstring for the order)."""
 
-    threshold: float | Sequence[float] = 0.5  # on threshold, one value or one per class
-    hysteresis: float = 0.1  # stay on while p >= threshold - hysteresis
-    min_duration_s: float = 0.0  # shorter (merged) events are dropped
-    merge_gap_s: float = 0.0  # same-class events this close (or closer) are merged
+    threshold: float | Sequence[float] = 0.5  # on threshold
+    hysteresis: float | Sequence[float] = 0.1  # stay on while p >= threshold - hysteresis
+    min_duration_s: float | Sequence[float] = 0.0  # shorter (merged) events are dropped
+    merge_gap_s: float | Sequence[float] = 0.0  # same-class events this close are merged
     max_duration_s: float | None = None  # longer events are split into chunks of this length
+    emit: bool | Sequence[bool] = True  # False: the class is never decoded (label suppressed)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        thr = self.threshold
-        values = [thr] if isinstance(thr, Real) else list(thr)
-        if not values:
-            raise UserError("decoder config: threshold list is empty")
-        for v in values:
-            if not isinstance(v, Real) or not 0.0 <= v <= 1.0:
-                raise UserError(f"decoder config: threshold must be in [0, 1], got {v!r}")
-        for name in ("hysteresis", "min_duration_s", "merge_gap_s"):
-            v = getattr(self, name)
-            if not isinstance(v, Real) or not v >= 0.0 or math.isinf(v):
-                raise UserError(f"decoder config: {name} must be a finite number >= 0, got {v!r}")
+        for name in ("threshold", "hysteresis", "min_duration_s", "merge_gap_s"):
+            raw = getattr(self, name)
+            values = [raw] if isinstance(raw, Real) else list(raw)
+            if not values:
+                raise UserError(f"decoder config: {name} list is empty")
+            for v in values:
+                if name == "threshold":
+                    if not isinstance(v, Real) or not 0.0 <= v <= 1.0:
+                        raise UserError(f"decoder config: threshold must be in [0, 1], got {v!r}")
+                elif not isinstance(v, Real) or not v >= 0.0 or math.isinf(v):
+                    raise UserError(
+                        f"decoder config: {name} must be a finite number >= 0, got {v!r}"
+                    )
+        emit = [self.emit] if isinstance(self.emit, bool) else list(self.emit)
+        if not emit or not all(isinstance(v, bool | np.bool_) for v in emit):
+            raise UserError(f"decoder config: emit must be true/false per class, got {self.emit!r}")
         m = self.max_duration_s
         if m is not None and (not isinstance(m, Real) or not 0.0 < m < math.inf):
             raise UserError(f"decoder config: max_duration_s must be > 0 or None, got {m!r}")
 
     def thresholds(self, labels: Sequence[str]) -> np.ndarray:
         """Per-class on thresholds, shape (C,) float64."""
-        thr = self.threshold
-        if isinstance(thr, Real):
-            return np.full(len(labels), float(thr))
-        if len(thr) != len(labels):
+        return self.per_class("threshold", labels)
+
+    def per_class(self, name: str, labels: Sequence[str]) -> np.ndarray:
+        """Setting `name` (threshold, hysteresis, min_duration_s, merge_gap_s, emit) for each
+        class, shape (C,): float64, bool for emit."""
+        raw = getattr(self, name)
+        dtype = bool if name == "emit" else np.float64
+        if isinstance(raw, Real):  # bool is a Real too
+            return np.full(len(labels), raw, dtype=dtype)
+        if len(raw) != len(labels):
+            what = "thresholds" if name == "threshold" else f"{name} values"
             raise UserError(
-                f"decoder config: {len(thr)} thresholds given for {len(labels)} labels "
+                f"decoder config: {len(raw)} {what} given for {len(labels)} labels "
                 f"({', '.join(labels)})"
             )
-        return np.asarray(thr, dtype=np.float64)
+        return np.asarray(raw, dtype=dtype)
 
 
 @dataclass
@@ -131,10 +145,13 @@ class StreamingDecoder:
         self.start_s = float(start_s)
         self.file = file
         self._on = self.config.thresholds(self.labels)
-        self._off = np.maximum(self._on - self.config.hysteresis, 0.0)
+        self._off = np.maximum(self._on - self.config.per_class("hysteresis", self.labels), 0.0)
+        self._emit = self.config.per_class("emit", self.labels).tolist()
         fr = self.frame_rate_hz
-        self._gap_frames = math.floor(self.config.merge_gap_s * fr + _EPS_FRAMES)
-        self._min_frames = math.ceil(self.config.min_duration_s * fr - _EPS_FRAMES)
+        self._gap_frames = [math.floor(g * fr + _EPS_FRAMES)
+                            for g in self.config.per_class("merge_gap_s", self.labels).tolist()]
+        self._min_frames = [math.ceil(m * fr - _EPS_FRAMES)
+                            for m in self.config.per_class("min_duration_s", self.labels).tolist()]
         if self.config.max_duration_s is None:
             self._max_frames = math.inf
         else:
@@ -165,7 +182,8 @@ class StreamingDecoder:
         if len(x):
             active = self._active_mask(x)
             for c, st in enumerate(self._states):
-                self._push_class(c, st, x[:, c], active[:, c], out)
+                if self._emit[c]:
+                    self._push_class(c, st, x[:, c], active[:, c], out)
             self._n += len(x)
         return _sorted(out)
 
@@ -181,16 +199,7 @@ class StreamingDecoder:
         return _sorted(out)
 
     def _active_mask(self, x: np.ndarray) -> np.ndarray:
-        """Hysteresis, vectorised: (frames, C) bool, carrying each class's open state in."""
-        on = x >= self._on
-        cont = ((x >= self._off) & (x > 0.0)) | on  # frames an open event may continue over
-        idx = np.arange(len(x))[:, None]
-        prev = np.vstack([np.zeros((1, x.shape[1]), bool), cont[:-1]])
-        run_start = np.maximum.accumulate(np.where(cont & ~prev, idx, -1), axis=0)
-        last_on = np.maximum.accumulate(np.where(on, idx, -1), axis=0)
-        carried = np.array([st.open for st in self._states])[None, :] & (run_start == 0)
-        # a frame is active if its run of `cont` frames was switched on at or before it
-        return cont & ((last_on >= run_start) | carried)
+        return active_frames(x, self._on, self._off, np.array([st.open for st in self._states]))
 
     def _push_class(
         self, c: int, st: _ClassState, x: np.ndarray, active: np.ndarray, out: list[Event]
@@ -204,7 +213,7 @@ class StreamingDecoder:
         for s, e in zip((edges[0::2] + k0).tolist(), (edges[1::2] + k0).tolist(), strict=True):
             if was_open and s == 0:  # the open event continues into this push
                 self._consume(st, xe[s:e])
-            elif st.alive and base + s - st.end <= self._gap_frames:  # merge over the gap
+            elif st.alive and base + s - st.end <= self._gap_frames[c]:  # merge over the gap
                 self._consume(st, xe[st.end - base : e])
             else:
                 if st.alive:
@@ -214,7 +223,7 @@ class StreamingDecoder:
             st.open = e == len(xe)
             out.extend(self._take_ready(c, st))
         if st.alive and not st.open:
-            if base + len(xe) - st.end > self._gap_frames:  # no later onset can merge now
+            if base + len(xe) - st.end > self._gap_frames[c]:  # no later onset can merge now
                 self._finish(c, st, out)
                 st.gap = np.empty(0)
             else:
@@ -252,14 +261,14 @@ class StreamingDecoder:
 
     def _take_ready(self, c: int, st: _ClassState) -> list[Event]:
         """Full chunks of an event already long enough to survive min_duration are final."""
-        if not st.held or st.end - st.onset < self._min_frames:
+        if not st.held or st.end - st.onset < self._min_frames[c]:
             return []
         events = [self._event(c, *h) for h in st.held]
         st.held = []
         return events
 
     def _finish(self, c: int, st: _ClassState, out: list[Event]) -> None:
-        if st.end - st.onset >= self._min_frames:
+        if st.end - st.onset >= self._min_frames[c]:
             out.extend(self._event(c, *h) for h in st.held)
             if st.end > st.chunk_start:
                 out.append(self._event(c, st.chunk_start, st.end, st.chunk_max, st.chunk_sum))
@@ -276,6 +285,25 @@ class StreamingDecoder:
             file=self.file,
             onset_frame=a,
         )
+
+
+def active_frames(
+    x: np.ndarray, on: np.ndarray, off: np.ndarray, open_before: np.ndarray | None = None
+) -> np.ndarray:
+    """Hysteresis, vectorised: (frames, C) bool, True where a frame belongs to an event run
+    (before merging and durations). `on`/`off`: (C,) thresholds (off already clipped at 0);
+    `open_before`: (C,) bool, a run still open from earlier frames (streaming)."""
+    on_ = x >= on
+    cont = ((x >= off) & (x > 0.0)) | on_  # frames an open event may continue over
+    idx = np.arange(len(x))[:, None]
+    prev = np.vstack([np.zeros((1, x.shape[1]), bool), cont[:-1]])
+    run_start = np.maximum.accumulate(np.where(cont & ~prev, idx, -1), axis=0)
+    last_on = np.maximum.accumulate(np.where(on_, idx, -1), axis=0)
+    # a frame is active if its run of `cont` frames was switched on at or before it
+    active = cont & (last_on >= run_start)
+    if open_before is not None:
+        active |= cont & (np.asarray(open_before, bool)[None, :] & (run_start == 0))
+    return active
 
 
 def _sorted(events: list[Event]) -> list[Event]:

@@ -1,5 +1,6 @@
-"""Detection metrics in numpy: frame-level average precision (as scikit-learn computes it) and
-event-level precision/recall/F1 with one-to-one matching.
+"""Detection metrics in numpy: frame-level average precision (as scikit-learn computes it),
+event-level precision/recall/F1 with one-to-one matching, and event recall by SNR bucket (the
+same matching; for data whose annotations know each call's SNR).
 
 Conventions:
 - AP is the step-wise sum over distinct score thresholds, sum_n (R_n - R_{n-1}) * P_n, with
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -102,14 +104,16 @@ def interval_iou(
     return float(iou) if iou.ndim == 0 else iou
 
 
-def _count_matches(ref: np.ndarray, pred: np.ndarray, iou: float) -> int:
-    """Greedy one-to-one matches between (R, 2) and (P, 2) [start, end] arrays."""
+def _match(ref: np.ndarray, pred: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy one-to-one matching between (R, 2) and (P, 2) [start, end] arrays: the indices
+    (into `ref`, ascending) of the references that found a partner."""
     if len(ref) == 0 or len(pred) == 0:
-        return 0
+        return np.zeros(0, dtype=np.int64)
     pred = pred[np.argsort(pred[:, 0], kind="stable")]
     reach = np.maximum.accumulate(pred[:, 1])  # furthest end among preds sorted before j
+    ref_order = np.argsort(ref[:, 0], kind="stable")
     cand: list[tuple[float, int, int]] = []
-    for i, (r0, r1) in enumerate(ref[np.argsort(ref[:, 0], kind="stable")]):
+    for i, (r0, r1) in enumerate(ref[ref_order]):
         # only preds with start < r1 and end > r0 can overlap
         lo = int(np.searchsorted(reach, r0, side="right"))
         hi = int(np.searchsorted(pred[:, 0], r1, side="left"))
@@ -126,7 +130,30 @@ def _count_matches(ref: np.ndarray, pred: np.ndarray, iou: float) -> int:
         if i not in used_r and j not in used_p:
             used_r.add(i)
             used_p.add(j)
-    return len(used_r)
+    return np.sort(ref_order[sorted(used_r)]).astype(np.int64)
+
+
+def _matched_references(
+    reference: Sequence[Event], predicted: Sequence[Event], iou: float, wanted: set[str]
+) -> np.ndarray:
+    """Bool per reference event: matched within its (file, label). References and predictions
+    whose label is not wanted take no part (their entries are False)."""
+    if not 0.0 <= iou <= 1.0:
+        raise UserError(f"event IoU threshold must be in [0, 1], got {iou}")
+    groups: dict[tuple[str, str], tuple[list, list, list]] = defaultdict(lambda: ([], [], []))
+    for k, e in enumerate(reference):
+        if e.label in wanted:
+            g = groups[(e.file, e.label)]
+            g[0].append(k)
+            g[1].append((e.start_s, e.end_s))
+    for e in predicted:
+        if e.label in wanted:
+            groups[(e.file, e.label)][2].append((e.start_s, e.end_s))
+    matched = np.zeros(len(reference), dtype=bool)
+    for index, ref, pred in groups.values():
+        hits = _match(np.array(ref).reshape(-1, 2), np.array(pred).reshape(-1, 2), iou)
+        matched[np.asarray(index, dtype=np.int64)[hits]] = True
+    return matched
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict:
@@ -148,26 +175,21 @@ def event_scores(
     labels seen in either list. Macro values are unweighted means over those classes (nan if
     there are none); macro F1 is the mean of per-class F1.
     """
-    if not 0.0 <= iou <= 1.0:
-        raise UserError(f"event IoU threshold must be in [0, 1], got {iou}")
     names = (
         sorted({e.label for e in reference} | {e.label for e in predicted})
         if labels is None
         else list(labels)
     )
-    wanted = set(names)
-    groups: dict[tuple[str, str], tuple[list, list]] = defaultdict(lambda: ([], []))
-    for side, events in ((0, reference), (1, predicted)):
-        for e in events:
-            if e.label in wanted:
-                groups[(e.file, e.label)][side].append((e.start_s, e.end_s))
+    matched = _matched_references(reference, predicted, iou, set(names))
     counts = {name: [0, 0, 0] for name in names}  # tp, fp, fn
-    for (_, label), (ref, pred) in groups.items():
-        tp = _count_matches(np.array(ref).reshape(-1, 2), np.array(pred).reshape(-1, 2), iou)
-        c = counts[label]
-        c[0] += tp
-        c[1] += len(pred) - tp
-        c[2] += len(ref) - tp
+    for e, hit in zip(reference, matched, strict=True):
+        if e.label in counts:
+            counts[e.label][0 if hit else 2] += 1
+    for e in predicted:
+        if e.label in counts:
+            counts[e.label][1] += 1
+    for c in counts.values():
+        c[1] -= c[0]  # every match used one prediction
     per_class = {name: _prf(*counts[name]) for name in names}
     micro = _prf(*(sum(c[k] for c in counts.values()) for k in range(3)))
     macro = {
@@ -175,3 +197,55 @@ def event_scores(
         for k in ("precision", "recall", "f1")
     }
     return {"per_class": per_class, "micro": micro, "macro": macro}
+
+
+SNR_EDGES_DB = (0.0, 5.0, 10.0)
+HIGH_SNR_DB = 10.0  # the design target: event recall at >= 10 dB (DESIGN.md, quality)
+HIGH_SNR_KEY = f">={HIGH_SNR_DB:g} dB"
+
+
+def snr_bucket_names(edges_db: Sequence[float] = SNR_EDGES_DB) -> list[str]:
+    """["<0 dB", "0-5 dB", "5-10 dB", ">=10 dB"] for the default edges: [lo, hi) buckets."""
+    e = [f"{x:g}" for x in edges_db]
+    return [f"<{e[0]} dB", *(f"{a}-{b} dB" for a, b in pairwise(e)), f">={e[-1]} dB"]
+
+
+def event_recall_by_snr(
+    reference: Sequence[Event],
+    snr_db: Sequence[float | None],
+    predicted: Sequence[Event],
+    iou: float = 0.0,
+    labels: Sequence[str] | None = None,
+    edges_db: Sequence[float] = SNR_EDGES_DB,
+) -> dict:
+    """Event recall per SNR bucket, micro over classes, with `event_scores`' matching.
+
+    `snr_db[k]` is the SNR of `reference[k]` (None: unknown; such events still take part in
+    matching but are counted in no bucket). Buckets are [lo, hi) between `edges_db`.
+    Returns {"buckets": {name: {"n", "matched", "recall"}}, HIGH_SNR_KEY: the same for SNR >=
+    10 dB whatever the edges, "n_unknown_snr": int}; recall is nan for an empty bucket.
+    """
+    if len(snr_db) != len(reference):
+        raise ValueError(f"{len(snr_db)} SNR values for {len(reference)} reference events")
+    edges = np.asarray(edges_db, dtype=np.float64)
+    if edges.ndim != 1 or edges.size == 0 or not np.isfinite(edges).all() or (
+            np.diff(edges) <= 0).any():
+        raise UserError(f"SNR bucket edges must be increasing finite numbers, got {edges_db}")
+    wanted = {e.label for e in reference} if labels is None else set(labels)
+    matched = _matched_references(reference, predicted, iou, wanted)
+    keep = np.array([e.label in wanted and s is not None for e, s in zip(reference, snr_db,
+                                                                          strict=True)], bool)
+    snr = np.array([s if s is not None else np.nan for s in snr_db], dtype=np.float64)[keep]
+    hit = matched[keep]
+
+    def cell(mask: np.ndarray) -> dict:
+        n, m = int(mask.sum()), int(hit[mask].sum())
+        return {"n": n, "matched": m, "recall": m / n if n else math.nan}
+
+    bucket = np.searchsorted(edges, snr, side="right")  # 0 below edges[0], len(edges) at top
+    return {
+        "buckets": {name: cell(bucket == b) for b, name in enumerate(snr_bucket_names(edges))},
+        HIGH_SNR_KEY: cell(snr >= HIGH_SNR_DB),
+        "n_unknown_snr": int(sum(e.label in wanted and s is None
+                                 for e, s in zip(reference, snr_db, strict=True))),
+    }

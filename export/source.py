@@ -84,6 +84,7 @@ def load_source(path: str | Path, window_s: float | None = None,
             sha256=weights_sha256(model), sample_rate=spec.sample_rate, window_s=spec.window_s,
             hop_s=spec.hop_s, frame_rate_hz=spec.frame_rate_hz, labels=spec.labels,
             thresholds=spec.thresholds, frontend=spec.frontend, output="logits",
+            decoder=spec.decoder, undetectable_labels=spec.undetectable_labels,
             lineage=lineage)
         audio_model = AudioStudent(LogMel(spec.frontend, spec.sample_rate), model).eval()
         shape = (1, spec.frames_per_window, spec.frontend.n_mels)

@@ -9,7 +9,8 @@ adds and dilation; no LayerNorm/GroupNorm, division, recurrence or dynamic shape
     logits = Student(config, n_mels, n_classes)(features)   # (batch, frames, classes)
 
 The student checkpoint (`student.pt`) is loadable with `torch.load(weights_only=True)`:
-architecture, front end, window geometry, labels, thresholds chosen on val, teacher lineage.
+architecture, front end, window geometry, labels, thresholds and per-label decoder settings
+chosen on val (with the labels found undetectable), teacher lineage.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_runtime.card import Frontend
+from edge_runtime.card import Frontend, LabelDecoder, UndetectableLabel
 from edge_runtime.errors import UserError
 from edge_runtime.frontend import analysis_window, check_frontend, mel_filterbank, padding
 from train.model.heads import init_prior_bias
@@ -36,22 +37,33 @@ VERSION = 1
 
 # ---------------------------------------------------------------- configs
 ACTIVATIONS = {"relu": F.relu, "relu6": F.relu6}
+CONTEXTS = ("none", "gate", "add")  # the pooled global-context branch of a block (Context)
 
 
 @dataclass(frozen=True)
 class StudentConfig:
     """Backbone shape: a 1x1 stem, then residual blocks of depthwise (dilated) temporal conv
-    -> 1x1 conv, each followed by BatchNorm; a 1x1 classifier per frame."""
+    -> 1x1 conv, each followed by BatchNorm, optionally with a global-context branch (the
+    window's mean, see `Context`); a 1x1 classifier per frame. Fields added later have
+    defaults that rebuild what older checkpoints saved."""
 
     channels: int = 64
     kernel: int = 3  # odd: symmetric (non-causal) context, frames stay aligned
     dilations: tuple[int, ...] = (1, 2, 4, 8)
     expansion: int = 1  # hidden width of a block's 1x1 = channels * expansion
     activation: str = "relu"  # "relu6" bounds activations: finer int8 steps, fewer outliers
+    context: str = "none"  # per block: "gate" (squeeze-excite) or "add" the window's summary
+    context_reduction: int = 4  # hidden width of the context branch = channels // reduction
 
     def __post_init__(self) -> None:
         if self.kernel % 2 != 1 or self.channels <= 0 or self.expansion <= 0:
             raise UserError(f"student: kernel must be odd and channels/expansion > 0 ({self})")
+        if self.context not in CONTEXTS:
+            raise UserError(f"student: context {self.context!r} is not one of "
+                            f"{', '.join(CONTEXTS)}")
+        if not 0 < self.context_reduction <= self.channels:
+            raise UserError(f"student: context_reduction must be in 1..channels, got "
+                            f"{self.context_reduction}")
         if self.activation not in ACTIVATIONS:
             raise UserError(f"student: activation {self.activation!r} is not one of "
                             f"{', '.join(ACTIVATIONS)}")
@@ -74,6 +86,26 @@ class StudentConfig:
         return cls(channels=160, kernel=5, expansion=2, dilations=(1, 2, 4, 1, 2, 2),
                    activation="relu6")
 
+    # Temporal-context presets: dilations doubling to 16 give each frame's convolutions a
+    # receptive field of 125 frames (2.5 s at 50 fps: all of a 2 s window from any frame), and
+    # a squeeze-excite gate in every block rescales channels by a summary of the whole window
+    # (mean over frames -> 1x1 -> ReLU -> 1x1 -> sigmoid). Unlike pico/small, a frame's output
+    # then depends on the whole window, so where a window is cut matters a little: train on
+    # the deployment window. Every op (depthwise/1x1 conv, folded BN, ReLU6, MEAN, LOGISTIC,
+    # MUL, ADD) has an int8 TFLite kernel.
+    @classmethod
+    def tcn(cls) -> StudentConfig:
+        """~0.49M parameters (64 mels, 6 classes; 0.62 MB as int8 TFLite); receptive field
+        125 frames plus the whole window through the context gates."""
+        return cls(channels=144, kernel=5, expansion=2, dilations=(1, 2, 4, 8, 16),
+                   activation="relu6", context="gate")
+
+    @classmethod
+    def tcn_small(cls) -> StudentConfig:
+        """~0.14M parameters: the `tcn` layout at 128 channels without expansion."""
+        return cls(channels=128, kernel=5, expansion=1, dilations=(1, 2, 4, 8, 16),
+                   activation="relu6", context="gate")
+
     @property
     def receptive_field_frames(self) -> int:
         return 1 + (self.kernel - 1) * sum(self.dilations)
@@ -86,7 +118,8 @@ class StudentConfig:
         return cls(**{**data, "dilations": tuple(data["dilations"])})
 
 
-ARCHS = {"pico": StudentConfig.pico, "small": StudentConfig.small}
+ARCHS = {"pico": StudentConfig.pico, "small": StudentConfig.small, "tcn": StudentConfig.tcn,
+         "tcn_small": StudentConfig.tcn_small}
 
 
 def arch(name: str) -> StudentConfig:
@@ -136,11 +169,29 @@ class LogMel(nn.Module):
 
 
 # ---------------------------------------------------------------- backbone
+class Context(nn.Module):
+    """Global context of the window, int8-friendly (MEAN, 1x1 convs, ReLU, LOGISTIC, MUL/ADD):
+    s = 1x1(ReLU(1x1(mean over frames of y))); "gate": y * sigmoid(s) (squeeze-excite), "add":
+    y + s, broadcast to every frame. No normalisation here: a BatchNorm over one pooled value
+    per window would be unstable on small batches. (batch, channels, frames) in and out."""
+
+    def __init__(self, channels: int, reduction: int, mode: str):
+        super().__init__()
+        self.mode = mode
+        self.squeeze = nn.Conv1d(channels, max(1, channels // reduction), 1)
+        self.excite = nn.Conv1d(max(1, channels // reduction), channels, 1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        s = self.excite(F.relu(self.squeeze(y.mean(dim=2, keepdim=True))))  # (batch, ch, 1)
+        return y * torch.sigmoid(s) if self.mode == "gate" else y + s
+
+
 class Block(nn.Module):
-    """x + BN(1x1(ReLU(BN(1x1(ReLU(BN(depthwise dilated conv(x)))))))): (batch, channels, frames)."""
+    """x + C(BN(1x1(ReLU(BN(1x1(ReLU(BN(depthwise dilated conv(x))))))))), C the optional
+    global context: (batch, channels, frames)."""
 
     def __init__(self, channels: int, kernel: int, dilation: int, expansion: int,
-                 activation: str = "relu"):
+                 activation: str = "relu", context: str = "none", context_reduction: int = 4):
         super().__init__()
         self.act = ACTIVATIONS[activation]
         hidden = channels * expansion
@@ -151,12 +202,17 @@ class Block(nn.Module):
         self.bn2 = nn.BatchNorm1d(hidden)
         self.project = nn.Conv1d(hidden, channels, 1, bias=False) if expansion > 1 else None
         self.bn3 = nn.BatchNorm1d(channels) if expansion > 1 else None
+        # None when off: older checkpoints' state dicts have no context weights.
+        self.context = (Context(channels, context_reduction, context)
+                        if context != "none" else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(self.bn1(self.depthwise(x)))
         y = self.bn2(self.expand(y))
         if self.project is not None:
             y = self.bn3(self.project(self.act(y)))
+        if self.context is not None:
+            y = self.context(y)
         return self.act(x + y)
 
 
@@ -170,7 +226,8 @@ class Student(nn.Module):
         self.stem = nn.Conv1d(n_mels, c, 1, bias=False)
         self.stem_bn = nn.BatchNorm1d(c)
         self.act = ACTIVATIONS[config.activation]
-        self.blocks = nn.ModuleList(Block(c, config.kernel, d, config.expansion, config.activation)
+        self.blocks = nn.ModuleList(Block(c, config.kernel, d, config.expansion, config.activation,
+                                          config.context, config.context_reduction)
                                     for d in config.dilations)
         self.head = nn.Conv1d(c, n_classes, 1)
         init_prior_bias(self.head.bias)  # rare calls: start at the prior, not p = 0.5
@@ -209,6 +266,22 @@ class StudentSpec:
     hop_s: float
     labels: tuple[str, ...]
     thresholds: tuple[float, ...]
+    # Tuned on val for event F1 (export/decoder_search.py); () in older checkpoints.
+    decoder: tuple[LabelDecoder, ...] = ()  # per label, in label order
+    undetectable_labels: tuple[UndetectableLabel, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.thresholds) != len(self.labels):
+            raise UserError(f"student spec: {len(self.thresholds)} thresholds for "
+                            f"{len(self.labels)} labels")
+        if self.decoder and ([d.label for d in self.decoder] != list(self.labels) or any(
+                abs(d.threshold - t) > 1e-9 for d, t in zip(self.decoder, self.thresholds,
+                                                           strict=True))):
+            raise UserError("student spec: decoder settings must follow the labels in order, "
+                            "with the same thresholds")
+        unknown = [u.label for u in self.undetectable_labels if u.label not in self.labels]
+        if unknown:
+            raise UserError(f"student spec: undetectable labels {unknown} are not labels")
 
     @property
     def frame_rate_hz(self) -> float:
@@ -229,14 +302,18 @@ class StudentSpec:
         return {"arch": self.arch, "config": self.config.to_dict(),
                 "frontend": dataclasses.asdict(self.frontend), "sample_rate": self.sample_rate,
                 "window_s": self.window_s, "hop_s": self.hop_s, "labels": list(self.labels),
-                "thresholds": [float(t) for t in self.thresholds]}
+                "thresholds": [float(t) for t in self.thresholds],
+                "decoder": [dataclasses.asdict(d) for d in self.decoder],
+                "undetectable_labels": [dataclasses.asdict(u) for u in self.undetectable_labels]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StudentSpec:
         return cls(data["arch"], StudentConfig.from_dict(data["config"]),
                    Frontend(**data["frontend"]), int(data["sample_rate"]),
                    float(data["window_s"]), float(data["hop_s"]), tuple(data["labels"]),
-                   tuple(float(t) for t in data["thresholds"]))
+                   tuple(float(t) for t in data["thresholds"]),
+                   tuple(LabelDecoder(**d) for d in data.get("decoder", [])),
+                   tuple(UndetectableLabel(**u) for u in data.get("undetectable_labels", [])))
 
 
 def save_student(path: Path, model: Student, spec: StudentSpec,

@@ -6,7 +6,9 @@ import pytest
 from edge_runtime.errors import UserError
 from edge_runtime.events import Event
 from edge_runtime.metrics import (
+    HIGH_SNR_KEY,
     average_precision,
+    event_recall_by_snr,
     event_scores,
     frame_average_precision,
     interval_iou,
@@ -178,3 +180,70 @@ def test_micro_macro_and_undefined_values():
     assert res["macro"]["recall"] == pytest.approx(0.25)
     with pytest.raises(UserError):
         event_scores(ref, pred, iou=1.5)
+
+
+# --- event recall by SNR -----------------------------------------------------------------------
+
+
+def test_event_recall_by_snr_by_hand():
+    ref = [E("a", 0, 1), E("a", 2, 3), E("b", 4, 5), E("a", 6, 7), E("b", 8, 9), E("a", 10, 11)]
+    snr = [-3.0, 2.0, 4.9, 5.0, 12.0, None]
+    pred = [E("a", 0.5, 1.5), E("b", 4, 4.5), E("b", 8, 9), E("a", 10, 11), E("a", 20, 21)]
+    res = event_recall_by_snr(ref, snr, pred)
+    b = res["buckets"]
+    assert list(b) == ["<0 dB", "0-5 dB", "5-10 dB", ">=10 dB"]
+    assert b["<0 dB"] == {"n": 1, "matched": 1, "recall": 1.0}
+    assert b["0-5 dB"] == {"n": 2, "matched": 1, "recall": 0.5}  # 2.0 missed, 4.9 found
+    assert b["5-10 dB"] == {"n": 1, "matched": 0, "recall": 0.0}  # 5.0 is in [5, 10)
+    assert b[">=10 dB"] == {"n": 1, "matched": 1, "recall": 1.0}
+    assert res[HIGH_SNR_KEY] == b[">=10 dB"]
+    assert res["n_unknown_snr"] == 1  # the matched [10, 11] counts nowhere
+    # IoU rule as in event_scores: [0.5, 1.5] has IoU 1/3 with [0, 1]
+    assert event_recall_by_snr(ref, snr, pred, iou=0.5)["buckets"]["<0 dB"]["matched"] == 0
+    # only the wanted labels; an empty bucket has recall nan
+    res = event_recall_by_snr(ref, snr, pred, labels=["b"])
+    assert res["buckets"]["<0 dB"]["n"] == 0 and math.isnan(res["buckets"]["<0 dB"]["recall"])
+    assert res["buckets"]["0-5 dB"] == {"n": 1, "matched": 1, "recall": 1.0}
+    assert res["n_unknown_snr"] == 0
+
+
+def test_unknown_snr_events_still_take_part_in_matching():
+    # one prediction, two overlapping references; the unknown-SNR one has the higher IoU and
+    # takes the prediction, so the known one is missed exactly as event_scores counts it
+    ref = [E("a", 0, 1), E("a", 0.8, 2)]
+    pred = [E("a", 0.9, 2)]
+    res = event_recall_by_snr(ref, [12.0, None], pred)
+    assert res[HIGH_SNR_KEY] == {"n": 1, "matched": 0, "recall": 0.0}
+    assert event_scores(ref, pred)["micro"]["tp"] == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_recall_by_snr_agrees_with_event_scores(seed):
+    rng = np.random.default_rng(seed)
+
+    def events(n):
+        starts = rng.uniform(0, 30, n)
+        return [E(str(rng.choice(["a", "b"])), s, s + rng.uniform(0.1, 2), str(rng.integers(3)))
+                for s in starts]
+
+    ref, pred = events(60), events(50)
+    snr = list(rng.uniform(-10, 20, len(ref)))
+    for iou in (0.0, 0.3):
+        res = event_recall_by_snr(ref, snr, pred, iou=iou, edges_db=(-5, 0, 5, 10, 15))
+        assert list(res["buckets"]) == ["<-5 dB", "-5-0 dB", "0-5 dB", "5-10 dB", "10-15 dB",
+                                        ">=15 dB"]
+        cells = res["buckets"].values()
+        assert sum(c["n"] for c in cells) == len(ref)
+        assert sum(c["matched"] for c in cells) == event_scores(ref, pred, iou=iou)["micro"]["tp"]
+        high = [s >= 10 for s in snr]
+        assert res[HIGH_SNR_KEY]["n"] == sum(high)
+
+
+def test_recall_by_snr_input_errors():
+    with pytest.raises(ValueError):
+        event_recall_by_snr([E("a", 0, 1)], [], [])
+    for edges in ((), (5, 0), (0, 0), (0, math.inf)):
+        with pytest.raises(UserError):
+            event_recall_by_snr([], [], [], edges_db=edges)
+    with pytest.raises(UserError):
+        event_recall_by_snr([], [], [], iou=-0.1)

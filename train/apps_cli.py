@@ -57,12 +57,18 @@ def _register_analyze(subparsers: argparse._SubParsersAction) -> None:
                         "use 1 on a recorder that is also listening)")
     p.add_argument("--threshold", type=float, metavar="X",
                    help="detection threshold for every label (default: the card's per label)")
-    p.add_argument("--hysteresis", type=float, default=0.1, metavar="X",
-                   help="an event stays on while p >= threshold - X (default: %(default)s)")
-    p.add_argument("--min-duration", type=float, default=0.0, metavar="S",
-                   help="drop events shorter than S seconds (default: %(default)s)")
-    p.add_argument("--merge-gap", type=float, default=0.0, metavar="S",
-                   help="merge same-label events at most S seconds apart (default: %(default)s)")
+    p.add_argument("--hysteresis", type=float, metavar="X",
+                   help="an event stays on while p >= threshold - X (default: the card's per "
+                        "label, 0.1 on older cards)")
+    p.add_argument("--min-duration", type=float, metavar="S",
+                   help="drop events shorter than S seconds (default: the card's per label, 0 "
+                        "on older cards)")
+    p.add_argument("--merge-gap", type=float, metavar="S",
+                   help="merge same-label events at most S seconds apart (default: the card's "
+                        "per label, 0 on older cards)")
+    p.add_argument("--emit-undetectable", action="store_true",
+                   help="also report the labels the model card marks undetectable (not "
+                        "reported by default)")
     p.add_argument("--channel", default="mix", metavar="mix|N",
                    help="mix all channels, or keep channel N (0-based) (default: %(default)s)")
     p.add_argument("--recursive", "-r", action="store_true", help="search subfolders too")
@@ -78,6 +84,7 @@ def analyze_handler(args: argparse.Namespace) -> int:
     cfg = AnalyzeConfig(model=args.model, out=args.out, workers=args.workers,
                         threshold=args.threshold, hysteresis=args.hysteresis,
                         min_duration_s=args.min_duration, merge_gap_s=args.merge_gap,
+                        emit_undetectable=args.emit_undetectable,
                         channel=args.channel, recursive=args.recursive, force=args.force,
                         progress=not args.no_progress)
     summary = analyze(args.paths, cfg)

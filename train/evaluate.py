@@ -1,5 +1,6 @@
-"""Evaluate a frame classifier on a split: frame-level AP and event-level F1, computed by the
-same `edge_runtime.metrics` / `edge_runtime.events` code that export verification and the
+"""Evaluate a frame classifier on a split: frame-level AP (macro, micro, per class), event-level
+P/R/F1 and, where the annotations know each call's SNR, event recall by SNR bucket; computed by
+the same `edge_runtime.metrics` / `edge_runtime.events` code that export verification and the
 field runtime use. Writes JSON and a PR-curve PNG."""
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_runtime.events import DecoderConfig, decode_events
-from edge_runtime.metrics import event_scores, frame_average_precision, precision_recall_curve
+from edge_runtime.events import DecoderConfig, Event, decode_events
+from edge_runtime.metrics import (
+    event_recall_by_snr,
+    event_scores,
+    frame_average_precision,
+    precision_recall_curve,
+)
 from train.data.dataset import Dataset
 from train.data.torch_data import ClipDataset, collate
 
@@ -44,24 +50,55 @@ def stitch_by_file(clips: ClipDataset, per_clip: np.ndarray, dataset: Dataset,
             for f, p in pieces.items()}
 
 
+def reference_events(dataset: Dataset, files: Sequence[str]
+                     ) -> tuple[list[Event], list[float | None]]:
+    """The annotated events of `files` and, aligned with them, each one's SNR (None: unknown)."""
+    events: list[Event] = []
+    snr: list[float | None] = []
+    for f in files:
+        rows = dataset.annotations(f)
+        events.extend(Event(a.label, a.start_s, a.end_s, file=f) for a in rows)
+        snr.extend(a.snr_db for a in rows)
+    return events, snr
+
+
 def score_files(dataset: Dataset, probs: dict[str, np.ndarray], targets: dict[str, np.ndarray],
                 frame_rate_hz: float, decoder: DecoderConfig | None = None,
                 iou: float = 0.0) -> dict[str, Any]:
-    """Frame AP over all frames of all files, and event P/R/F1 against the annotations."""
+    """Frame AP over all frames of all files, and event P/R/F1 against the annotations.
+
+    "event_recall_by_snr" is None unless some annotation of these files has an SNR.
+    """
     labels = dataset.labels
     files = list(probs)
     scores = np.concatenate([probs[f] for f in files])
     truth = np.concatenate([targets[f] for f in files])
     predicted = [e for f in files
                  for e in decode_events(probs[f], labels, frame_rate_hz, decoder, file=f)]
-    reference = [e for f in files for e in dataset.events(f)]
+    reference, snr = reference_events(dataset, files)
+    by_snr = (event_recall_by_snr(reference, snr, predicted, iou=iou, labels=labels)
+              if any(s is not None for s in snr) else None)
     return {
         "files": len(files), "frames": int(len(scores)), "labels": labels,
         "frame_ap": frame_average_precision(truth, scores, labels),
         "event": event_scores(reference, predicted, iou=iou, labels=labels),
+        "event_recall_by_snr": by_snr,
         "event_iou": iou, "n_reference_events": len(reference),
         "n_predicted_events": len(predicted),
     }
+
+
+def predict_files(model: FrameModel, dataset: Dataset, files: Sequence[str], clip_s: float,
+                  frame_rate_hz: float, batch_size: int = 16, device: str | torch.device = "cpu"
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Stitched (frames, C) probabilities and targets per file: what a paired bootstrap over
+    files (benchmarks/stats.py) resamples."""
+    clips = ClipDataset(dataset, files, clip_s, frame_rate_hz)
+    per_clip = predict_clips(model, clips, batch_size, device)
+    probs = stitch_by_file(clips, per_clip, dataset, frame_rate_hz)
+    targets = stitch_by_file(clips, np.stack([c.targets for c in clips.clips]), dataset,
+                             frame_rate_hz)
+    return probs, targets
 
 
 def evaluate_model(model: FrameModel, dataset: Dataset, files: Sequence[str], clip_s: float,
@@ -69,11 +106,8 @@ def evaluate_model(model: FrameModel, dataset: Dataset, files: Sequence[str], cl
                    decoder: DecoderConfig | None = None, iou: float = 0.0
                    ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(report, probabilities per file, targets per file) for the given files."""
-    clips = ClipDataset(dataset, files, clip_s, frame_rate_hz)
-    per_clip = predict_clips(model, clips, batch_size, device)
-    probs = stitch_by_file(clips, per_clip, dataset, frame_rate_hz)
-    targets = stitch_by_file(clips, np.stack([c.targets for c in clips.clips]), dataset,
-                             frame_rate_hz)
+    probs, targets = predict_files(model, dataset, files, clip_s, frame_rate_hz, batch_size,
+                                   device)
     return score_files(dataset, probs, targets, frame_rate_hz, decoder, iou), probs, targets
 
 
