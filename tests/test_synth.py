@@ -1,4 +1,5 @@
-"""`meerkit synth`: determinism, the data contract, sparsity, priors, channel imprint, SNR."""
+"""`meerkit synth`: determinism, the data contract, sparsity, priors, channel imprint, SNR,
+the planted cues (spurious imprint, robust dialect) and the nested label-budget subsets."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import csv
 import hashlib
 import json
 from collections import Counter, defaultdict
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -19,16 +21,26 @@ from edge_runtime.wav import read_wav
 from train.data import synth_cli
 from train.data.dataset import Dataset
 from train.data.synth import (
+    BUDGET_SUBSETS,
+    IMPRINTS,
     LABELS,
     REGIONS,
     SHIFT_REGION,
     SPLITS,
+    SUBSET_MIN_EVENTS,
     SUBSET_PATH,
+    SUBSET_PERCENTS,
     SynthConfig,
     build_world,
+    event_counts,
+    favoured_label,
     generate,
+    imprint_association,
     plan_split,
     render_file,
+    select_subsets,
+    subset_name,
+    subset_size,
 )
 from train.umbrella import run
 
@@ -68,7 +80,7 @@ def test_same_seed_is_byte_identical_for_any_worker_count(tmp_path: Path) -> Non
     generate(SynthConfig.tiny(n_train=6, n_val=2, n_test=2, n_shift=2, n_pretrain=2, seed=1),
              tmp_path / "c", workers=1, progress=False)
     a, b, c = (_digests(tmp_path / name) for name in "abc")
-    assert len(a) == 14 + 6  # 14 wavs, 5 tables and lists, synth.json
+    assert len(a) == 14 + 9  # 14 wavs, 4 tables, 4 subsets, synth.json
     assert a == b
     differing = {k for k in a if a[k] != c.get(k)}
     assert "annotations.csv" in differing
@@ -111,13 +123,134 @@ def test_every_class_is_in_train_with_plausible_boxes(tiny: Path, tables: dict) 
         assert 0 < float(r["low_hz"]) < float(r["high_hz"]) <= TINY.sample_rate / 2
 
 
-def test_pretrain_is_unlabelled_and_the_subset_is_train(tiny: Path, tables: dict) -> None:
+def test_pretrain_is_unlabelled_and_the_subsets_are_train(tiny: Path, tables: dict) -> None:
     split = _split_of(tables)
     assert not [r for r in tables["annotations"] if split[r["file"]] == "pretrain"]
     assert {r["file"] for r in tables["metadata"]} == set(split)
     subset = (tiny / SUBSET_PATH).read_text().split()
     assert len(subset) == max(1, round(0.01 * TINY.n_train))
-    assert all(split[f] == "train" for f in subset)
+    stats = json.loads((tiny / "synth.json").read_text())["subsets"]
+    assert list(stats) == [subset_name(p) for p in SUBSET_PERCENTS]
+    smaller: set[str] = set()
+    events_by_file = Counter((r["file"], r["label"]) for r in tables["annotations"])
+    for name, entry in stats.items():
+        files = (tiny / entry["path"]).read_text().split()
+        assert len(files) == entry["files"] == subset_size(entry["percent"], TINY.n_train)
+        assert all(split[f] == "train" for f in files)
+        assert smaller <= set(files)  # nested
+        smaller = set(files)
+        assert entry["events"] == {label: sum(events_by_file[f, label] for f in files)
+                                   for label in LABELS}, name
+
+
+def test_snr_column_matches_the_plan_and_reads_back(tiny: Path, tables: dict) -> None:
+    rows = tables["annotations"]
+    snr = [float(r["snr_db"]) for r in rows]
+    assert len(snr) > 30 and all(TINY.snr_db[0] <= v <= TINY.snr_db[1] for v in snr)
+    assert np.std(snr) > 3  # drawn per call, not one value
+    planned = {(p.file, c.start_s, c.label): c.snr_db for s in SPLITS
+               for p in plan_split(TINY, s) for c in p.calls}
+    assert all(planned[r["file"], float(r["start_s"]), r["label"]] == float(r["snr_db"])
+               for r in rows)
+    ds = Dataset(tiny)
+    read = [a.snr_db for f in ds.files for a in ds.annotations(f)]
+    assert len(read) == len(rows) and None not in read
+
+
+def test_label_budgets_hold_enough_events_on_the_default_preset() -> None:
+    """Plan-only: the smallest budget a sweep uses has >= 10 events of every class, for the
+    seeds the benchmarks run; subsets are nested (their determinism: the byte-identity test)."""
+    assert BUDGET_SUBSETS and all(b in {subset_name(p) for p in SUBSET_PERCENTS}
+                                  for b in BUDGET_SUBSETS)
+    for seed in (0, 1, 2):
+        config = SynthConfig.default(seed=seed)
+        plans = plan_split(config, "train")
+        subsets = select_subsets(plans, seed)
+        by_file = {p.file: p for p in plans}
+        names = list(subsets)
+        for small, large in zip(names, names[1:], strict=False):
+            assert set(subsets[small]) < set(subsets[large])
+        for name in BUDGET_SUBSETS:
+            events = event_counts(by_file[f] for f in subsets[name])
+            assert min(events.values()) >= SUBSET_MIN_EVENTS, (seed, name, events)
+        # the 1 % subset still covers every class it can
+        assert min(event_counts(by_file[f] for f in subsets[names[0]]).values()) >= 1
+
+
+def test_spurious_imprint_predicts_labels_in_train_but_not_in_shift() -> None:
+    world = build_world(0)
+    family = [r for r in world.recorders if r.region != SHIFT_REGION]
+    shift = [r for r in world.recorders if r.region == SHIFT_REGION]
+    # the same imprint kinds recur in the unseen region: the cue transfers, its meaning not
+    assert {r.imprint for r in family} == {r.imprint for r in shift} == set(range(len(IMPRINTS)))
+    assert all(1000 <= hz <= 6000 for kind in IMPRINTS for hz in kind)  # in the calls' band
+
+    def lift(config: SynthConfig, split: str) -> float:
+        return imprint_association(plan_split(config, split, world))["lift"]
+
+    config = SynthConfig.default(n_train=600, n_shift=600)
+    assert all(favoured_label(r, config) == LABELS[r.imprint] for r in family)
+    assert all(favoured_label(r, config) != LABELS[r.imprint] for r in shift)
+    assert lift(config, "train") > 1.8  # the imprint predicts the label...
+    assert lift(config, "shift") < 0.9  # ...and misleads in shift ("reversed")
+    absent = replace(config, imprint_shift="absent")
+    assert 0.8 < lift(absent, "shift") < 1.25
+    off = replace(config, imprint_boost=1.0)
+    assert 0.8 < lift(off, "train") < 1.25
+
+
+def test_imprint_whine_is_in_the_audio(tiny: Path, tables: dict) -> None:
+    written = json.loads((tiny / "synth.json").read_text())
+    recorders = {r["recorder_id"]: r for r in written["recorders"]}
+    assert all(1000 <= r["whine_hz"] <= 6000 for r in recorders.values())
+    lines = []
+    for r in tables["metadata"][:30]:
+        audio, info = read_wav(tiny / "audio" / r["file"])
+        lines.append(_hum_line_db(audio[:, 0], info.sample_rate,
+                                  recorders[r["recorder_id"]]["whine_hz"]))
+    assert np.median(lines) > 15
+
+
+# Classes whose lower band edge scales exactly with pitch (never clipped, no fixed offset).
+_SCALING = ("upsweep", "harmonic_down", "two_note")
+
+
+def _dialect_and_pitch(plans: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per call of a _SCALING class: dialect semitones, log2 of its lower band edge minus its
+    class's mean, and whether it is a shift call."""
+    per_label: dict[str, list[tuple[float, float, bool]]] = defaultdict(list)
+    for p in plans:
+        for c in p.calls:
+            if c.label in _SCALING:
+                per_label[c.label].append((p.dialect_st[LABELS.index(c.label)],
+                                           np.log2(c.low_hz), p.split == "shift"))
+    rows = np.concatenate([np.array(v) - [0.0, np.mean(np.array(v)[:, 1]), 0.0]
+                           for v in per_label.values()])
+    return rows[:, 0], rows[:, 1], rows[:, 2].astype(bool)
+
+
+def _shift_pitch_offset(config: SynthConfig, n_train: int, n_shift: int
+                        ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Train calls' (dialect semitones, centred log2 pitch), and the (measured, predicted)
+    semitones by which shift calls sit above train calls."""
+    config = replace(config, n_train=n_train, n_shift=n_shift)
+    world = build_world(config.seed)
+    st, octaves, shift = _dialect_and_pitch(plan_split(config, "train", world)
+                                            + plan_split(config, "shift", world))
+    return (st[~shift], octaves[~shift], 12 * (octaves[shift].mean() - octaves[~shift].mean()),
+            st[shift].mean() - st[~shift].mean())
+
+
+def test_dialect_follows_latitude_and_season_in_every_region() -> None:
+    st, octaves, measured, predicted = _shift_pitch_offset(SynthConfig.default(), 1000, 500)
+    assert np.ptp(st) > 4  # karoo vs lowveld, plus seasons
+    slope = np.polyfit(st, octaves, 1)[0] * 12  # semitones of pitch per dialect semitone
+    assert 0.7 < slope < 1.3  # 1 expected; the standard error at this size is ~0.08
+    # the unseen region follows the same rule: its calls sit where the rule says
+    assert predicted > 1.5 and abs(measured - predicted) < 0.6
+    flat = SynthConfig.default(dialect_st_per_degree=0.0, dialect_season_st=0.0)
+    st, _, measured, predicted = _shift_pitch_offset(flat, 500, 500)
+    assert not st.any() and predicted == 0 and abs(measured) < 0.6
 
 
 def test_shift_recorders_and_region_are_unseen(tiny: Path, tables: dict) -> None:

@@ -4,16 +4,21 @@ accumulation, cosine schedule, resumable batches, checkpoints, TensorBoard and p
 `pretrain.py` and `finetune.py` each supply a `step_fn(batch, step) -> (loss, logs)` and stay
 readable top to bottom; everything that must be identical between them lives here once.
 The same command scales from CPU to N GPUs: under `torchrun` the engine joins the process
-group, wraps the model in DDP and gives each rank its own shard of every epoch.
+group, wraps the model in DDP (BatchNorm synchronised) and gives each rank its share of every
+global batch, so N processes x B clips train like one process with N*B (train/distributed.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import random
+import sys
+import time
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from edge_runtime.errors import UserError
+from train.distributed import convert_sync_batchnorm, mean_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +102,12 @@ def cosine_with_warmup(step: int, warmup: int, total: int, floor: float = 0.01) 
 class ResumableBatches:
     """Endless shuffled batches whose position is two integers, so resume is exact.
 
-    Epoch `e`'s order is `randperm(n, seed + e)`; each rank takes every `world_size`-th
-    index of it (the DistributedSampler contract, without its hidden state).
+    Epoch `e`'s order is `randperm(n, seed + e)`, one stream for all ranks; each step's
+    global batch is its next `batch_size * world_size` indices (wrapping into the next epoch
+    mid-batch) and rank `r` takes the `r`-th `batch_size` of them. So the global batch, and
+    with it the training run, is the same whatever the number of processes (DistributedSampler
+    instead deals each rank a fixed shard of every epoch, which mixes epochs differently when
+    `n` is not a multiple of the global batch), and a run can resume on another world size.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, seed: int,
@@ -106,26 +116,26 @@ class ResumableBatches:
             raise UserError("no training examples: check the dataset and split")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.collate, self.rank, self.world_size = collate, rank, world_size
-        self.epoch, self.position = 0, 0
+        self.epoch, self.position = 0, 0  # in the global stream, the same on every rank
 
     def _order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=g).tolist()
-        return order[self.rank :: self.world_size] or order[:1]
+        return torch.randperm(len(self.dataset), generator=g).tolist()
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
         order = self._order()
-        items = []
-        while len(items) < self.batch_size:
+        indices = []
+        while len(indices) < self.batch_size * self.world_size:
             if self.position >= len(order):
                 self.epoch, self.position = self.epoch + 1, 0
                 order = self._order()
-            items.append(self.dataset[order[self.position]])
+            indices.append(order[self.position])
             self.position += 1
-        return self.collate(items)
+        mine = indices[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        return self.collate([self.dataset[i] for i in mine])
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -193,6 +203,8 @@ class Engine:
                  param_groups: list[dict] | None = None):
         self.runtime, self.settings, self.out_dir = runtime, settings, Path(out_dir)
         self.model = model.to(runtime.device)
+        if runtime.distributed:  # BatchNorm statistics over the global batch, not each shard
+            convert_sync_batchnorm(self.model, runtime.device)
         self.wrapped: nn.Module = (
             DistributedDataParallel(self.model, device_ids=[runtime.device.index]
                                     if runtime.device.type == "cuda" else None,
@@ -208,15 +220,22 @@ class Engine:
         self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda"
                                            and settings.amp == "fp16")
         self.step = 0
-        self.history: list[dict[str, float]] = []  # per-step logs of this process's run
+        # Per-step logs of this process's run (averaged over ranks), also in metrics.jsonl.
+        self.history: list[dict[str, float]] = []
         # Objects with state_dict/load_state_dict that must resume with the model (EMA, batches).
         self.extra_state = extra_state or {}
         self._writer = None
+        self._metrics = None
 
     # -- logging
     @property
     def writer(self):
         if self._writer is None and self.runtime.is_main:
+            # tensorboard imports all of TensorFlow when it is installed (15 s of CPU per run
+            # start, for its file I/O alone) unless its own no-TF stub is forced; scalars need
+            # nothing from TF.
+            sys.modules.setdefault("tensorboard.compat.notf",
+                                   types.ModuleType("tensorboard.compat.notf"))
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
@@ -226,6 +245,23 @@ class Engine:
         if self.writer is not None:
             for key, value in logs.items():
                 self.writer.add_scalar(key, value, step)
+
+    def log_step(self, record: dict[str, float]) -> None:
+        """One JSON line per step in OUT/metrics.jsonl (main rank): the machine-readable log.
+        A resumed run first drops the lines after its checkpoint, so each step appears once."""
+        if not self.runtime.is_main:
+            return
+        if self._metrics is None:
+            path = self.out_dir / "metrics.jsonl"
+            kept = []
+            if path.is_file():
+                kept = [line for line in path.read_text().splitlines()
+                        if line.strip() and json.loads(line).get("step", 0) < self.step]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(f"{line}\n" for line in kept))
+            self._metrics = path.open("a")
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
 
     # -- state
     def state_dict(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -285,6 +321,7 @@ class Engine:
                 self.scaler.scale(loss / s.grad_accum).backward()
                 for k, v in step_logs.items():
                     logs[k] = logs.get(k, 0.0) + v / s.grad_accum
+            logs = mean_over_ranks(logs, rt.device)  # the global batch's loss, not this shard's
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(),
                                                        s.grad_clip or float("inf"))
@@ -305,12 +342,19 @@ class Engine:
                 val = evaluate(self.step) or {}
                 self.log_scalars({f"val/{k}": v for k, v in val.items()}, self.step)
                 last.update({f"val_{k}": v for k, v in val.items()})
+            record = {"step": self.step, "wall_time": time.time(), **last}
+            if rt.device.type == "cuda":  # this rank's peak, for benchmarks/gpu_bench.py
+                record["max_mem_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
+            self.log_step(record)
             if self.step % s.checkpoint_every == 0 and self.step < s.steps:
                 self.save(config)
             bar.update(1)
         bar.close()
         if self._writer is not None:
             self._writer.flush()
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         return last
 
 

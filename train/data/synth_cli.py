@@ -1,21 +1,22 @@
-"""`meerkit synth`: write the synthetic MeerKAT-like benchmark (see train/data/synth.py)."""
+"""`meerkit synth`: write the synthetic MeerKAT-like benchmark (see train/data/synth/)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 
-from train.data.synth import LABELS, PRESETS, SPLITS, SUBSET_PATH, SynthConfig, generate
+from train.data.synth import BUDGET_SUBSETS, LABELS, PRESETS, SPLITS, SynthConfig, generate
 
 _EPILOG = """\
 example:
   meerkit synth data/synth --preset small --seed 0
   meerkit synth /tmp/t --preset tiny --train 100 --pretrain 0 --force
 
-Writes audio/<split>/*.wav, annotations.csv, metadata.csv, splits.csv, labels.txt,
-subsets/train_1pct.txt and synth.json. The same seed and options give byte-identical files,
-whatever --workers is. Presets: tiny (tests, ~6 min of 5 s clips), small (demo, ~26 min),
-default (benchmarks, ~4.4 h of 10 s clips).
+Writes audio/<split>/*.wav, annotations.csv (with each call's snr_db), metadata.csv,
+splits.csv, labels.txt, nested label-budget subsets subsets/train_{1,5,10,25}pct.txt and
+synth.json (stats, subsets' events per class, and the planted cues). The same seed and
+options give byte-identical files, whatever --workers is. Presets: tiny (tests, ~6 min of
+5 s clips), small (demo, ~26 min), default (benchmarks, ~4.4 h of 10 s clips).
 """
 
 
@@ -26,15 +27,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=f"Generate a synthetic MeerKAT-like bioacoustic benchmark: sparse calls of\n"
         f"{len(LABELS)} classes ({', '.join(LABELS)})\n"
         "in field noise, with class priors that depend on region, hour and season, a channel\n"
-        "imprint per recorder, train/val/test/shift/pretrain splits and a 1%-labels subset.",
+        "imprint per recorder, train/val/test/shift/pretrain splits and label-budget subsets.\n"
+        "Two cues test metadata heads: an in-band recorder imprint tied to a class in train\n"
+        "but not in shift (spurious), and call dialects that follow latitude and season\n"
+        "everywhere (robust).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("out", metavar="OUT", help="output folder (created; must be empty unless --force)")
-    p.add_argument("--preset", choices=PRESETS, default="default", help="size preset (default: %(default)s)")
+    p.add_argument("out", metavar="OUT",
+                   help="output folder (created; must be empty unless --force)")
+    p.add_argument("--preset", choices=PRESETS, default="default",
+                   help="size preset (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--sample-rate", type=int, metavar="HZ", help="sample rate (default: 16000)")
-    p.add_argument("--clip-s", type=float, metavar="S", help="clip length in seconds (preset's default)")
+    p.add_argument("--clip-s", type=float, metavar="S",
+                   help="clip length in seconds (preset's default)")
     for split in SPLITS:
         p.add_argument(f"--{split}", type=int, metavar="N", dest=f"n_{split}",
                        help=f"number of {split} files (overrides the preset)")
@@ -64,9 +71,13 @@ def handler(args: argparse.Namespace) -> int:
                       progress=not args.no_progress)
     s = result.stats
     splits = ", ".join(f"{name} {s['splits'][name]['files']}" for name in SPLITS)
-    calls = sum(sum(s["splits"][name]["events"].values()) for name in SPLITS if s["splits"][name]["annotated"])
+    calls = sum(sum(s["splits"][name]["events"].values()) for name in SPLITS
+                if s["splits"][name]["annotated"])
     speed = s["hours"] / max(result.wall_s / 60, 1e-9)
     shift = s["splits"]["shift"]
+    short = f" (< {s['subset_min_events']} events of some class)"
+    budgets = ", ".join(f"{name} {sub['files']} files{'' if sub['min_events_met'] else short}"
+                        for name, sub in s["subsets"].items())
     print(
         f"Wrote {s['hours']:.2f} h of audio to {result.out_dir} ({splits} files of "
         f"{config.clip_s:g} s at {config.sample_rate} Hz, seed {config.seed}) in "
@@ -74,6 +85,7 @@ def handler(args: argparse.Namespace) -> int:
         f"{calls} annotated calls of {len(LABELS)} labels; {100 * s['call_frame_fraction']:.1f}% "
         f"of 50-fps frames contain a call. The shift split is region {'/'.join(shift['regions'])} "
         f"with {len(shift['recorders'])} recorders unseen elsewhere; pretrain has no annotations; "
-        f"{s['subsets']['train_1pct']['files']} train file(s) in {SUBSET_PATH}. Details in synth.json."
+        f"label-budget subsets in subsets/: {budgets}; sweeps use {', '.join(BUDGET_SUBSETS)}. "
+        "Details in synth.json."
     )
     return 0

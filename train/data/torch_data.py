@@ -9,8 +9,9 @@ reader in their place.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import numpy as np
@@ -25,6 +26,11 @@ from train.data.metadata import Metadata
 CLASS_FIELDS = ("recorder_id", "site", "habitat", "individual")
 HEAD_FIELDS = {"location": "location", "time_of_day": "circular", "day_of_year": "circular",
                "elevation_m": "regression", **dict.fromkeys(CLASS_FIELDS, "class")}
+# Metadata head name -> the `Metadata` attributes it reads. Both time heads read recorded_at:
+# hiding that field hides both, as a recorder without a clock would.
+HEAD_SOURCES = {"location": ("lat", "lon"), "time_of_day": ("recorded_at",),
+                "day_of_year": ("recorded_at",), "elevation_m": ("elevation_m",),
+                **{name: (name,) for name in CLASS_FIELDS}}
 
 
 def _time_of_day(t: datetime | None) -> float:
@@ -88,18 +94,53 @@ def fit_metadata_heads(heads: Sequence[MetadataHeadConfig], dataset: Dataset,
     return tuple(fitted)
 
 
+def hidden_metadata(files: Iterable[str], fields: Iterable[str], frac: float,
+                    seed: int) -> dict[str, frozenset[str]]:
+    """field -> the files whose `field` is to be treated as missing (a benchmark knob).
+
+    Exactly round(frac * files) files per field: those ranked first by a hash of (seed, field,
+    file), so the choice is deterministic, independent of the order of `files`, and
+    independent across fields.
+    """
+    if not 0.0 <= frac <= 1.0:
+        raise UserError(f"metadata missing fraction must be in [0, 1], got {frac}")
+    unique = sorted(set(files))
+    count = round(frac * len(unique))
+
+    def rank(field: str, file: str) -> bytes:
+        return hashlib.blake2b(f"{seed}\0{field}\0{file}".encode(), digest_size=8).digest()
+
+    return {field: frozenset(sorted(unique, key=lambda f: rank(field, f))[:count])
+            for field in sorted(set(fields))}
+
+
 class ClipDataset(torch.utils.data.Dataset):
-    """Fixed-length clips of the given files; items are dicts of tensors (see `collate`)."""
+    """Fixed-length clips of the given files; items are dicts of tensors (see `collate`).
+
+    metadata_missing_frac: hide each metadata field of that fraction of the files (chosen by
+    `hidden_metadata` with metadata_missing_seed, independently per field), as if the cell
+    were empty: for benchmarks at 0/50/90 % missing metadata. Real missing cells stay missing.
+    """
 
     def __init__(self, dataset: Dataset, files: Sequence[str], clip_s: float,
                  frame_rate_hz: float, heads: Sequence[MetadataHeadConfig] = (),
-                 hop_s: float | None = None, labelled: bool = True):
+                 hop_s: float | None = None, labelled: bool = True,
+                 metadata_missing_frac: float = 0.0, metadata_missing_seed: int = 0):
         self.labels = dataset.labels
         self.heads = tuple(heads)
         self.labelled = labelled
+        fields = {",".join(HEAD_SOURCES.get(h.name, ())) for h in self.heads} - {""}
+        self.hidden = hidden_metadata(files, fields, metadata_missing_frac, metadata_missing_seed)
         self.clips: list[Clip] = list(dataset.clips(clip_s, hop_s, frame_rate_hz, files=files))
         if not self.clips:
             raise UserError(f"{dataset.root}: no clips in the selected files")
+
+    def _metadata(self, clip: Clip, head: MetadataHeadConfig) -> Metadata:
+        """The clip's metadata as `head` sees it: its fields emptied if hidden for this file."""
+        attrs = HEAD_SOURCES.get(head.name, ())
+        if clip.file not in self.hidden.get(",".join(attrs), ()):
+            return clip.metadata
+        return dataclasses.replace(clip.metadata, **dict.fromkeys(attrs))
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -110,7 +151,7 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.labelled:
             item["targets"] = torch.from_numpy(clip.targets)
         for head in self.heads:
-            value, ok = metadata_value(clip.metadata, head)
+            value, ok = metadata_value(self._metadata(clip, head), head)
             item["meta"][head.name] = torch.as_tensor(value)
             item["valid"][head.name] = torch.tensor(ok)
         return item

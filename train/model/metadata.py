@@ -26,6 +26,7 @@ from torch import nn
 
 from edge_runtime.errors import UserError
 from train.config import MetadataHeadConfig
+from train.distributed import global_denominator
 
 
 # ---------------------------------------------------------------- gradient reversal
@@ -145,6 +146,7 @@ class MetadataHeads(nn.Module):
             x = grad_reverse(pooled, lambdas[name]) if name in lambdas else pooled
             per_sample = head.per_sample_loss(head(x), target, ok)  # (batch,)
             weight = ok.to(per_sample.dtype)
-            losses[name] = (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
+            # Over the valid rows of the global batch under DDP (as one process would).
+            losses[name] = (per_sample * weight).sum() / global_denominator(weight.sum(), 1.0)
             total = total + head.config.weight * losses[name]
         return total, losses
