@@ -1,17 +1,28 @@
-"""Knowledge distillation: the finetuned teacher teaches a small student.
+"""Student training: the finetuned teacher teaches a small student, and labels teach it too.
 
-Data: fixed windows (the student's deployment window, 50 % overlap) of unlabelled audio
-(`pretrain` split) and labelled audio (`train`). The teacher runs once per file, stitched
-over its own windows exactly as at deployment, and its frame logits are cached on disk
-(`np.save`, keyed by teacher sha256 + file + clip parameters), so a second run with another
-student architecture or step count skips the teacher.
+Data: fixed windows (the student's deployment window, 50 % overlap) of labelled audio
+(`train`) and unlabelled audio (`pretrain`), kept as raw audio in memory so every step can
+augment them (export/augment.py: gain, time shift, noise, background clips from the
+unlabelled pool, mixup, SpecAugment masks on the log-mel).
+
+Targets per step:
+  * the teacher's probabilities: by default its cached track on the clean file (np.save,
+    keyed by teacher sha256 + file + clip parameters), shifted and mixed exactly like the
+    audio, so the soft targets follow gain, shift and mixup, and under added noise stay the
+    clean answer; with `teacher_on_augmented` the teacher runs on the augmented audio itself
+    (its targets then match what the student hears, at several times the CPU cost);
+  * the labels, shifted and mixed like the audio, on windows whose every source is labelled.
 
 Loss per window:
-    T^2 * BCE(student / T, sigmoid(teacher / T))           every window (soft targets)
-  + focal(student, labels)                                  labelled windows only
-The teacher's frames are interpolated to the student's frame times, so a student with a
-different hop (frame rate) learns from the same teacher. After training, per-label decision
-thresholds are chosen on `val` (maximising frame F1) and stored in the checkpoint.
+    kd_weight * T^2 * BCE(student / T, sigmoid(teacher / T))        every window
+  + focal_weight * focal(student, labels), normalised by positives  labelled windows
+The label term is the teacher's own focal loss (RetinaNet normalisation): averaged over every
+frame x class it is ~30x smaller than the KD term and the labels stop mattering.
+`teacher=None` trains the label-only baseline with the same recipe.
+
+After training, the best step on `val` (frame macro AP) is kept and its per-label event
+decoder (threshold, hysteresis, minimum duration, merge gap) is tuned on `val` for *event* F1
+(export/decoder_search.py); labels it cannot detect are marked so in the card.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +42,7 @@ import torch.nn.functional as F
 
 from edge_runtime.errors import UserError
 from edge_runtime.windows import WindowGeometry
+from export.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +51,8 @@ CACHE_VERSION = 1
 
 @dataclass(frozen=True)
 class DistillConfig:
-    arch: str = "pico"
-    steps: int = 2000
+    arch: str = "tcn_small"
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 100
@@ -52,6 +64,11 @@ class DistillConfig:
     # No alpha: with rare positives, alpha = 0.25 (the teacher's setting) plus soft targets
     # left students with nearly flat logits, whose int8 decisions then flip on tiny noise.
     focal_alpha: float | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Off by default: on CPU the teacher's forward pass per step costs more than the
+    # student's whole step. Cached tracks on the clean audio are shifted and mixed exactly like
+    # the audio; under added noise they are the clean target (noisy-student style).
+    teacher_on_augmented: bool = False
     window_s: float = 2.0  # student deployment window and streaming hop
     hop_s: float = 1.0
     teacher_window_s: float = 2.0  # how the teacher is stitched over files (hop: half)
@@ -68,6 +85,12 @@ class DistillConfig:
             raise UserError("distill: steps, batch size, lr and temperature must be > 0")
         if not 0 < self.hop_s <= self.window_s:
             raise UserError(f"distill: need 0 < hop_s ({self.hop_s}) <= window_s ({self.window_s})")
+        if self.kd_weight < 0 or self.focal_weight < 0 or self.kd_weight + self.focal_weight == 0:
+            raise UserError("distill: kd_weight and focal_weight must be >= 0, not both 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self).items()}
 
 
 # ---------------------------------------------------------------- teacher outputs (cached)
@@ -128,58 +151,51 @@ def resample_frames(values: np.ndarray, rate_from: float, times_s: np.ndarray) -
 
 
 # ---------------------------------------------------------------- loss
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
+def distillation_loss(student: torch.Tensor, teacher_probs: torch.Tensor, temperature: float,
                       weights: torch.Tensor) -> torch.Tensor:
-    """T^2-scaled BCE between softened sigmoid outputs (multi-label KD); logits (B, F, C),
-    weights (B, F, 1) mark the frames that exist (not the padding after a file's end)."""
+    """T^2-scaled BCE between the student's softened outputs and the teacher's softened
+    probabilities (multi-label KD); logits (B, F, C), teacher_probs = sigmoid(teacher / T)
+    (B, F, C), weights (B, F, 1) mark the frames that exist (not the padding after a file's
+    end)."""
     t = temperature
-    soft = torch.sigmoid(teacher / t)
-    loss = F.binary_cross_entropy_with_logits(student / t, soft, reduction="none")
+    loss = F.binary_cross_entropy_with_logits(student / t, teacher_probs, reduction="none")
     loss = loss * weights
     return loss.sum() / (weights.sum() * loss.shape[-1]).clamp(min=1.0) * t * t
 
 
-# ---------------------------------------------------------------- thresholds
-def choose_thresholds(probs: np.ndarray, targets: np.ndarray,
-                      grid: np.ndarray | None = None) -> list[float]:
-    """Per class, the threshold on a grid that maximises frame F1 (0.5 without positives)."""
-    grid = np.round(np.linspace(0.02, 0.98, 49), 2) if grid is None else grid
-    out = []
-    for c in range(probs.shape[1]):
-        y = targets[:, c] >= 0.5
-        if not y.any():
-            out.append(0.5)
-            continue
-        decided = probs[:, c][:, None] >= grid[None, :]  # (frames, thresholds)
-        tp = (decided & y[:, None]).sum(0)
-        f1 = 2 * tp / (decided.sum(0) + y.sum())
-        out.append(float(grid[int(np.argmax(f1))]))
-    return out
+def label_loss(student: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+               config: DistillConfig) -> torch.Tensor:
+    """The teacher's focal loss, normalised by the positives of the weighted frames."""
+    from train.losses import sigmoid_focal_loss
+
+    if weights.sum() == 0:
+        return student.sum() * 0.0
+    return sigmoid_focal_loss(student, labels, config.focal_gamma, config.focal_alpha,
+                              weights=weights, reduction="positives")
 
 
 # ---------------------------------------------------------------- data
 @dataclass
 class Windows:
-    """Training windows in memory: features (N, F, M), teacher logits (N, F, C), labels
-    (N, F, C), labelled (N,), valid frames (N, F)."""
+    """Training windows in memory: raw audio (N, samples), cached teacher logits at the
+    student's frame times (N, F, C) (None without a teacher), labels (N, F, C), labelled (N,),
+    valid frames (N, F)."""
 
-    features: torch.Tensor
-    teacher: torch.Tensor
+    audio: torch.Tensor
+    teacher: torch.Tensor | None
     labels: torch.Tensor
     labelled: torch.Tensor
     valid: torch.Tensor
 
 
 def build_windows(dataset, labelled_files: list[str], unlabelled_files: list[str],
-                  tracks: dict[str, np.ndarray], teacher_rate: float, window_s: float,
-                  frame_rate: float, frontend, progress: bool) -> Windows:
-    """Every file cut into windows (50 % overlap), with unnormalised log-mel features and the
+                  tracks: dict[str, np.ndarray] | None, teacher_rate: float, window_s: float,
+                  frame_rate: float, progress: bool) -> Windows:
+    """Every file cut into windows (50 % overlap) with labels and, given teacher tracks, the
     teacher's logits at the student's frame times."""
     from tqdm import tqdm
 
-    from edge_runtime.frontend import logmel
-
-    feats, teach, labels, labelled, valid = [], [], [], [], []
+    audio, teach, labels, labelled, valid = [], [], [], [], []
     files = [(f, True) for f in labelled_files] + [(f, False) for f in unlabelled_files]
     n_frames = round(window_s * frame_rate)
     centres = (np.arange(n_frames) + 0.5) / frame_rate
@@ -187,31 +203,30 @@ def build_windows(dataset, labelled_files: list[str], unlabelled_files: list[str
         duration = dataset.info(file).duration_s
         for clip in dataset.clips(window_s, window_s / 2, frame_rate, files=[file]):
             times = clip.offset_s + centres
-            teach.append(resample_frames(tracks[file], teacher_rate, times))
+            if tracks is not None:
+                teach.append(resample_frames(tracks[file], teacher_rate, times))
+            audio.append(clip.audio.astype(np.float32))
             labels.append(clip.targets)
             labelled.append(has_labels)
             valid.append(times < duration)
-            feats.append(logmel(clip.audio[None], frontend, dataset.sample_rate)[0])
-    return Windows(torch.from_numpy(np.stack(feats)), torch.from_numpy(np.stack(teach)),
-                   torch.from_numpy(np.stack(labels)), torch.tensor(labelled),
+    return Windows(torch.from_numpy(np.stack(audio)),
+                   torch.from_numpy(np.stack(teach)) if tracks is not None else None,
+                   torch.from_numpy(np.stack(labels)).float(), torch.tensor(labelled),
                    torch.from_numpy(np.stack(valid)))
 
 
 # ---------------------------------------------------------------- the run
-def distill(teacher_path: Path, data: Path, out: Path, config: DistillConfig,
+def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillConfig,
             cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """Train a student from the teacher; writes `out` (student checkpoint) and returns it."""
+    """Train a student (from the teacher and labels, or from labels alone when
+    `teacher_path` is None); writes `out` (student checkpoint) and returns it."""
     from tqdm import tqdm
 
+    from export.augment import augment_batch, mask_features
     from export.backends import geometry_for, sigmoid, torch_student_window_fn, track_files
+    from export.decoder_search import tune_decoder
     from export.source import load_source
-    from export.student import (
-        Student,
-        StudentSpec,
-        arch,
-        default_frontend,
-        save_student,
-    )
+    from export.student import LogMel, Student, StudentSpec, arch, default_frontend, save_student
     from train.checkpoint import load_model, weights_sha256
     from train.data.dataset import Dataset
     from train.data.torch_data import select_files
@@ -220,27 +235,32 @@ def distill(teacher_path: Path, data: Path, out: Path, config: DistillConfig,
 
     seed_everything(config.seed)
     student_config = arch(config.arch)
-    teacher, record = load_model(teacher_path)
-    if teacher.classifier is None:
-        raise UserError(f"{teacher_path}: a pretrained model has no classifier; finetune it first")
-    labels = list(record["labels"])
-    sr = teacher.config.sample_rate
-    dataset = Dataset(data, sample_rate=sr)
-    if dataset.labels != labels:
-        raise UserError(f"{data}: label set {dataset.labels} differs from the teacher's {labels} "
-                        f"({teacher_path})")
+    teacher = None
+    if teacher_path is not None:
+        teacher, record = load_model(teacher_path)
+        if teacher.classifier is None:
+            raise UserError(f"{teacher_path}: a pretrained model has no classifier; finetune "
+                            "it first")
+        labels = list(record["labels"])
+        sr = teacher.config.sample_rate
+        dataset = Dataset(data, sample_rate=sr)
+        if dataset.labels != labels:
+            raise UserError(f"{data}: label set {dataset.labels} differs from the teacher's "
+                            f"{labels} ({teacher_path})")
+    else:
+        dataset = Dataset(data)
+        labels, sr = list(dataset.labels), dataset.sample_rate
+        if not labels:
+            raise UserError(f"{data}: no labels to train a student on")
     labelled = [f for s in config.labelled_splits for f in select_files(dataset, s)]
-    unlabelled = [f for s in config.unlabelled_splits
-                  if s in set(dataset.splits.values()) for f in select_files(dataset, s)]
+    unlabelled = [] if teacher is None else [
+        f for s in config.unlabelled_splits if s in set(dataset.splits.values())
+        for f in select_files(dataset, s)]
     if not labelled and not unlabelled:
         raise UserError(f"{data}: no files in {config.labelled_splits + config.unlabelled_splits}")
     val_files = (dataset.files_in(config.val_split)
                  if config.val_split in set(dataset.splits.values()) else [])
-    teacher_sha = weights_sha256(teacher)
-    cache_dir = cache_dir or Path(out).parent / "teacher_cache"
 
-    tracks = teacher_tracks(teacher, teacher_sha, dataset, labelled + unlabelled,
-                            config.teacher_window_s, cache_dir, progress)
     base = default_frontend(sr)
     hop_length = config.hop_length or base.hop_length
     frontend = dataclasses.replace(base, n_mels=config.n_mels, hop_length=hop_length)
@@ -249,19 +269,35 @@ def distill(teacher_path: Path, data: Path, out: Path, config: DistillConfig,
            for s in (config.window_s, config.hop_s)):
         raise UserError(f"distill: window ({config.window_s:g} s) and hop ({config.hop_s:g} s) "
                         f"must be whole student frames ({hop_length} samples)")
-    windows = build_windows(dataset, labelled, unlabelled, tracks, teacher.config.frame_rate_hz,
-                            config.window_s, frame_rate, frontend, progress)
-    # Input normalisation: one scalar mean/std over the training features (frames that exist).
-    real = windows.features[windows.valid]
-    mean, std = float(real.mean()), float(real.std()) or 1.0
+    teacher_sha, tracks, teacher_fn = None, None, None
+    if teacher is not None:
+        teacher_sha = weights_sha256(teacher)
+        if config.teacher_on_augmented:
+            teacher_fn = teacher.export_module().eval()
+        else:
+            cache_dir = cache_dir or Path(out).parent / "teacher_cache"
+            tracks = teacher_tracks(teacher, teacher_sha, dataset, labelled + unlabelled,
+                                    config.teacher_window_s, cache_dir, progress)
+    windows = build_windows(dataset, labelled, unlabelled, tracks,
+                            teacher.config.frame_rate_hz if teacher is not None else frame_rate,
+                            config.window_s, frame_rate, progress)
+    background = windows.audio[~windows.labelled] if bool((~windows.labelled).any()) else None
+
+    # Input normalisation: one scalar mean/std over training features (frames that exist).
+    logmel = LogMel(frontend, sr)
+    with torch.no_grad():
+        sample = windows.audio[torch.randperm(len(windows.audio),
+                                              generator=torch.Generator().manual_seed(0))[:512]]
+        feats = torch.cat([logmel(chunk) for chunk in sample.split(64)])
+    mean, std = float(feats.mean()), float(feats.std()) or 1.0
     frontend = dataclasses.replace(frontend, mean=round(mean, 6), std=round(std, 6))
-    windows.features = (windows.features - frontend.mean) / frontend.std
-    del teacher  # the student trains from cached outputs only
+    logmel = LogMel(frontend, sr)
 
     model = Student(student_config, frontend.n_mels, len(labels))
-    log.info("distilling %s student (%d parameters) on %d windows (%d labelled) for %d steps",
-             config.arch, model.num_parameters(), len(windows.features),
-             int(windows.labelled.sum()), config.steps)
+    log.info("training %s student (%d parameters) on %d windows (%d labelled) for %d steps, "
+             "%s", config.arch, model.num_parameters(), len(windows.audio),
+             int(windows.labelled.sum()), config.steps,
+             "labels only" if teacher is None else "teacher + labels")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -269,45 +305,43 @@ def distill(teacher_path: Path, data: Path, out: Path, config: DistillConfig,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(
         s, min(config.warmup_steps, max(1, config.steps // 10)), config.steps))
     generator = torch.Generator().manual_seed(config.seed)
-
     spec = StudentSpec(config.arch, student_config, frontend, sr, config.window_s, config.hop_s,
                        tuple(labels), tuple([0.5] * len(labels)))
+    kd_weight = config.kd_weight if teacher is not None else 0.0
 
-    def validate() -> tuple[float, list[float], dict[str, Any]]:
+    def val_probs() -> dict[str, np.ndarray]:
         model.eval()
         geo = geometry_for(sr, config.window_s, config.hop_s, frame_rate)
-        run = torch_student_window_fn(model, spec)
-        logits = track_files(run, geo, dataset, val_files)
-        probs = {f: sigmoid(v) for f, v in logits.items()}
-        targets = {f: _targets(dataset, f, len(p), frame_rate) for f, p in probs.items()}
-        thresholds = choose_thresholds(np.concatenate(list(probs.values())),
-                                       np.concatenate(list(targets.values())))
-        from edge_runtime.events import DecoderConfig
-
-        report = score_files(dataset, probs, targets, frame_rate, DecoderConfig(thresholds))
+        logits = track_files(torch_student_window_fn(model, spec), geo, dataset, val_files)
         model.train()
-        macro = report["frame_ap"]["macro"]
-        return (-math.inf if math.isnan(macro) else macro), thresholds, report
+        return {f: sigmoid(v) for f, v in logits.items()}
 
     eval_every = config.eval_every or max(1, config.steps // 5)
-    best: dict[str, Any] = {"score": -math.inf, "state": None, "thresholds": None,
-                            "report": None, "step": 0}
+    best: dict[str, Any] = {"score": -math.inf, "state": None, "probs": None, "step": 0}
     model.train()
-    bar = tqdm(range(1, config.steps + 1), desc=f"distill {config.arch}", disable=not progress)
+    t = config.temperature
+    bar = tqdm(range(1, config.steps + 1), desc=f"student {config.arch}", disable=not progress)
     for step in bar:
-        idx = torch.randint(len(windows.features), (config.batch_size,), generator=generator)
-        x, t, y = windows.features[idx], windows.teacher[idx], windows.labels[idx]
-        valid = windows.valid[idx][..., None].float()  # (B, F, 1)
-        logits = model(x)
-        kd = distillation_loss(logits, t, config.temperature, valid)
-        hard = windows.labelled[idx][:, None, None].float() * valid
-        focal = logits.sum() * 0.0
-        if hard.sum() > 0:
-            from train.losses import sigmoid_focal_loss
-
-            focal = sigmoid_focal_loss(logits, y, config.focal_gamma, config.focal_alpha,
-                                       weights=hard)
-        loss = config.kd_weight * kd + config.focal_weight * focal
+        idx = torch.randint(len(windows.audio), (config.batch_size,), generator=generator)
+        batch = augment_batch(windows.audio[idx], windows.labels[idx], config.augment,
+                              generator, background=background, hop_length=hop_length)
+        valid = batch.shift(windows.valid[idx].float())[..., None]  # (B, F, 1)
+        own = windows.labelled[idx]
+        labelled_mix = own & own[batch.mix_perm]  # a partner without labels hides its calls
+        features = mask_features((logmel(batch.audio)), config.augment, generator)
+        logits = model(features)
+        kd = logits.sum() * 0.0
+        if kd_weight > 0:
+            with torch.no_grad():
+                if teacher_fn is not None:
+                    soft = torch.sigmoid(_to_frames(teacher_fn(batch.audio).float(),
+                                                    logits.shape[1]) / t)
+                else:
+                    soft = batch.soft(torch.sigmoid(windows.teacher[idx] / t))
+            kd = distillation_loss(logits, soft, t, valid)
+        hard = valid * labelled_mix[:, None, None].float()
+        focal = label_loss(logits, batch.labels, hard, config)
+        loss = kd_weight * kd + config.focal_weight * focal
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -315,26 +349,51 @@ def distill(teacher_path: Path, data: Path, out: Path, config: DistillConfig,
         schedule.step()
         bar.set_postfix(kd=f"{kd.item():.4f}", focal=f"{focal.item():.4f}")
         if val_files and (step % eval_every == 0 or step == config.steps):
-            score, thresholds, report = validate()
-            log.info("step %d: val frame macro AP %.3f", step, score)
+            probs = val_probs()
+            targets = {f: _targets(dataset, f, len(p), frame_rate) for f, p in probs.items()}
+            from edge_runtime.metrics import frame_average_precision
+
+            macro = frame_average_precision(np.concatenate(list(targets.values())),
+                                            np.concatenate(list(probs.values())))["macro"]
+            score = -math.inf if math.isnan(macro) else macro
+            log.info("step %d: val frame macro AP %.3f", step, macro)
             if score > best["score"]:
-                best.update(score=score, thresholds=thresholds, report=report, step=step,
+                best.update(score=score, probs=probs, step=step,
                             state={k: v.clone() for k, v in model.state_dict().items()})
+    report, tuned = None, None
     if best["state"] is not None:
         model.load_state_dict(best["state"])
-        spec = dataclasses.replace(spec, thresholds=tuple(best["thresholds"]))
+        probs = best["probs"]
+        tuned = tune_decoder(probs, {f: dataset.events(f) for f in probs}, labels, frame_rate)
+        targets = {f: _targets(dataset, f, len(p), frame_rate) for f, p in probs.items()}
+        report = score_files(dataset, probs, targets, frame_rate, tuned.decoder_config())
+        spec = dataclasses.replace(spec, thresholds=tuned.thresholds, decoder=tuned.decoders,
+                                   undetectable_labels=tuned.undetectable)
+        for u in tuned.undetectable:
+            log.warning("label '%s' cannot be detected on %s (%s); the runtime will not emit "
+                        "it unless asked", u.label, config.val_split, u.reason)
     else:
         log.warning("no '%s' split: thresholds stay at 0.5 and the last weights are kept",
                     config.val_split)
     model.eval()
-    lineage = {"teacher": str(Path(teacher_path).resolve()), "teacher_sha256": teacher_sha,
-               "teacher_name": "meerkit-animal2vec", "data": str(Path(data).resolve())}
+    lineage = ({"teacher": None, "teacher_sha256": None, "teacher_name": "none (labels only)",
+                "data": str(Path(data).resolve())} if teacher is None else
+               {"teacher": str(Path(teacher_path).resolve()), "teacher_sha256": teacher_sha,
+                "teacher_name": "meerkit-animal2vec", "data": str(Path(data).resolve())})
     save_student(Path(out), model, spec, lineage, extra={
-        "distill": {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in dataclasses.asdict(config).items()},
-        "best_step": best["step"], "val": best["report"]})
+        "distill": config.to_dict(), "best_step": best["step"], "val": report,
+        "decoder_search": tuned.to_dict() if tuned is not None else None})
     load_source(out)  # fails loudly now rather than at export if anything is off
     return Path(out)
+
+
+def _to_frames(track: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, F_teacher, C) -> (B, frames, C) over the same window, frame k centred at
+    (k + 0.5) / rate on both sides (linear, as `resample_frames`)."""
+    if track.shape[1] == frames:
+        return track
+    return F.interpolate(track.transpose(1, 2), size=frames, mode="linear",
+                         align_corners=False).transpose(1, 2)
 
 
 def _targets(dataset, file: str, n_frames: int, frame_rate: float) -> np.ndarray:

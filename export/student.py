@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -140,32 +139,34 @@ def default_frontend(sample_rate: int = 16000) -> Frontend:
 
 # ---------------------------------------------------------------- front end (torch mirror)
 class LogMel(nn.Module):
-    """Torch mirror of `edge_runtime.frontend.logmel`: the STFT is a conv1d with fixed
-    (windowed) DFT kernels, so no torch.stft; float32. (batch, samples) -> (batch, frames,
-    n_mels)."""
+    """Torch mirror of `edge_runtime.frontend.logmel`, float32: (batch, samples) -> (batch,
+    frames, n_mels). The STFT is torch.stft (FFT) on the same padding and zero-padded Hann
+    window as the numpy front end: student training recomputes features from augmented audio
+    every step, where a dense DFT-as-conv cost ~5x more. It never goes into an exported
+    graph (artifacts take log-mel input)."""
 
     def __init__(self, frontend: Frontend, sample_rate: int):
         super().__init__()
         check_frontend(frontend, sample_rate)
         self.frontend, f = frontend, frontend
         window = analysis_window(f.n_fft, f.win_length)
-        k = np.arange(f.n_fft // 2 + 1)[:, None] * np.arange(f.n_fft)[None, :]
-        angle = 2 * np.pi * k / f.n_fft
-        kernels = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])
-        self.register_buffer("dft", torch.tensor(kernels[:, None, :], dtype=torch.float32),
-                             persistent=False)  # (2 * bins, 1, n_fft)
+        self.register_buffer("window", torch.tensor(window, dtype=torch.float32),
+                             persistent=False)
         bank = mel_filterbank(sample_rate, f.n_fft, f.n_mels, float(f.fmin), float(f.fmax))
         self.register_buffer("mel", torch.tensor(bank, dtype=torch.float32), persistent=False)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         f = self.frontend
         left, right = padding(f, audio.shape[-1])
-        x = F.pad(audio.float()[:, None, :], (left, right))
-        spec = F.conv1d(x, self.dft, stride=f.hop_length)  # (batch, 2 * bins, frames)
+        # float64 like the numpy front end: quiet bins keep their digits (float32 FFTs drift by
+        # ~1e-4 in the log there); an FFT this size costs little either way.
+        x = F.pad(audio.double(), (left, right))
+        spec = torch.stft(x, f.n_fft, f.hop_length, window=self.window.double(), center=False,
+                          return_complex=True)  # (batch, bins, frames)
         spec = spec[:, :, : audio.shape[-1] // f.hop_length]
-        real, imag = spec.chunk(2, dim=1)
-        power = (real.square() + imag.square()).transpose(1, 2)  # (batch, frames, bins)
-        return (torch.log(power @ self.mel + f.log_offset) - f.mean) / f.std
+        power = spec.real.square() + spec.imag.square()
+        mel = power.transpose(1, 2) @ self.mel.double()
+        return ((torch.log(mel + f.log_offset) - f.mean) / f.std).float()
 
 
 # ---------------------------------------------------------------- backbone

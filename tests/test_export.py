@@ -14,6 +14,7 @@ import torch
 from edge_runtime.card import read_card
 from edge_runtime.errors import UserError
 from edge_runtime.wav import write_wav
+from export.augment import AugmentConfig
 from export.backends import onnx_window_fn, tflite_window_fn
 from export.distill import DistillConfig, distill, resample_frames, teacher_tracks
 from export.quantize import CalibrationConfig, calibration_set, check_budget, quantize
@@ -47,8 +48,10 @@ def env(tmp_path_factory):
     # targets, like focal gamma = 2, flatten the student, so that many frames sit right at
     # its thresholds and int8 decisions there flip on 0.1-logit noise. Plain BCE on the
     # labels (gamma 0) gives the sharper student a real deployment would have.
+    # Cached teacher tracks (the cache tests below use them) and no augmentation: the
+    # agreement tests want the sharp student of a plain run.
     config = DistillConfig(arch="pico", steps=400, batch_size=16, kd_weight=0.2,
-                           focal_gamma=0.0, eval_every=100)
+                           focal_gamma=0.0, eval_every=100, augment=AugmentConfig.none())
     student = distill(teacher, data, root / "student.pt", config, progress=False)
     yield SimpleNamespace(root=root, data=data, teacher=teacher, student=student,
                           cache=root / "teacher_cache")
@@ -122,6 +125,30 @@ def test_a_student_at_another_frame_rate_uses_the_same_cached_teacher(env, tmp_p
     assert sorted(p.name for p in env.cache.glob("*.npy")) == cached
     card = load_source(path).card
     assert card.frame_rate_hz == 100.0 and card.frontend.hop_length == 160
+
+
+def test_teacher_on_augmented_audio_with_the_default_recipe(env, tmp_path):
+    """Augmentation with the teacher run on the augmented audio, tcn_small: it trains, tunes
+    its decoder on val and writes a loadable student without touching the cache."""
+    cached = sorted(p.name for p in env.cache.glob("*.npy"))
+    path = distill(env.teacher, env.data, tmp_path / "aug.pt",
+                   DistillConfig(steps=3, batch_size=4, eval_every=3, teacher_on_augmented=True),
+                   progress=False)
+    _, spec, record = load_student(path)
+    assert spec.arch == "tcn_small" and len(spec.decoder) == len(spec.labels)
+    assert record["extra"]["decoder_search"] is not None
+    assert record["lineage"]["teacher_sha256"]
+    assert sorted(p.name for p in env.cache.glob("*.npy")) == cached
+
+
+def test_label_only_student_needs_no_teacher(env, tmp_path):
+    path = distill(None, env.data, tmp_path / "labels.pt",
+                   DistillConfig(arch="pico", steps=3, batch_size=4, eval_every=3),
+                   progress=False)
+    _, spec, record = load_student(path)
+    assert list(spec.labels) == list(LABELS)
+    assert record["lineage"]["teacher"] is None
+    assert record["lineage"]["teacher_name"] == "none (labels only)"
 
 
 # ---------------------------------------------------------------- ONNX and TFLite
