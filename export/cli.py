@@ -113,7 +113,7 @@ def verify_command(args: argparse.Namespace) -> int:
     _threads(args)
     report = verify(args.artifact, args.data, args.split, args.checkpoint, args.teacher,
                     use_onnx=not args.no_onnx, out=args.out, write_card=not args.no_write_card,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, baseline=args.baseline)
     print(format_table(report))
     for name, agree in report["agreement"].items():
         print(f"{name}: max |dp| {agree['max_abs_diff']:.2e}, logit correlation "
@@ -217,6 +217,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--checkpoint", type=Path, help="what it was made from (default: the card's)")
     p.add_argument("--teacher", type=Path, help="teacher model.pt (default: the card's lineage)")
+    p.add_argument("--baseline", type=Path,
+                   help="another model to score beside it, e.g. the label-only student.pt")
     p.add_argument("--out", type=Path, help="report JSON (PNG beside it)")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime backend")
     p.add_argument("--no-write-card", action="store_true",

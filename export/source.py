@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge_runtime.card import Frontend, ModelCard
+from edge_runtime.card import Frontend, LabelDecoder, ModelCard, UndetectableLabel
 from edge_runtime.errors import UserError
 
 DEFAULT_TEACHER_WINDOW_S = 2.0
@@ -106,12 +106,16 @@ def load_source(path: str | Path, window_s: float | None = None,
                             f"({stride / sr * 1000:g} ms each)")
     exported = model.export_module().eval()
     labels = tuple(record["labels"])
-    thresholds = tuple(float(t) for t in record.get("extra", {}).get("thresholds",
-                                                                      [0.5] * len(labels)))
+    extra = record.get("extra", {})
+    thresholds = tuple(float(t) for t in extra.get("thresholds", [0.5] * len(labels)))
+    search = extra.get("decoder_search") or {}  # tuned on val by finetuning (newer models)
+    decoder = tuple(LabelDecoder(**d) for d in search.get("decoders", []))
+    undetectable = tuple(UndetectableLabel(**u) for u in search.get("undetectable", []))
     card = ModelCard(
         name="meerkit-animal2vec", version=meerkit_version(), sha256=weights_sha256(model),
         sample_rate=sr, window_s=window_s, hop_s=hop_s, frame_rate_hz=fr, labels=labels,
         thresholds=thresholds, frontend=Frontend(kind="waveform"), output="logits",
+        decoder=decoder, undetectable_labels=undetectable,
         lineage={"checkpoint": str(path.resolve()), "stage": record.get("stage"),
                  "parameters": sum(p.numel() for p in exported.parameters())})
     return Source("teacher", path, exported, exported, card, "audio",

@@ -59,16 +59,17 @@ def agreement(logits: np.ndarray, reference: np.ndarray, thresholds: np.ndarray
 
 
 def score_tracks(dataset, logits: dict[str, np.ndarray], frame_rate: float,
-           thresholds) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    from edge_runtime.events import DecoderConfig, events_to_frames
+                 decoder) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Frame AP and event metrics of one backend's tracks, events decoded as the device
+    decodes them (`decoder`: the card's `decoder_config()`)."""
+    from edge_runtime.events import events_to_frames
     from export.backends import sigmoid
     from train.evaluate import score_files
 
     probs = {f: sigmoid(v) for f, v in logits.items()}
     targets = {f: events_to_frames(dataset.events(f), dataset.labels, len(p), frame_rate)
                for f, p in probs.items()}
-    report = score_files(dataset, probs, targets, frame_rate,
-                         DecoderConfig(threshold=[float(t) for t in thresholds]))
+    report = score_files(dataset, probs, targets, frame_rate, decoder)
     return report, np.concatenate(list(targets.values())), np.concatenate(list(probs.values()))
 
 
@@ -78,9 +79,10 @@ def _existing(path: str | Path | None) -> Path | None:
 
 def verify(artifact: Path, data: Path, split: str = "test", checkpoint: Path | None = None,
            teacher: Path | None = None, use_onnx: bool = True, out: Path | None = None,
-           write_card: bool = True, threads: int = 1, progress: bool = True
-           ) -> dict[str, Any]:
-    """Run every backend on `split` of `data`; return (and write) the report."""
+           write_card: bool = True, threads: int = 1, progress: bool = True,
+           baseline: Path | None = None) -> dict[str, Any]:
+    """Run every backend on `split` of `data`; return (and write) the report. `baseline`: a
+    model to score beside them (e.g. the label-only student), with its own decoder."""
     from export.backends import (
         artifact_window_fn,
         geometry,
@@ -107,6 +109,7 @@ def verify(artifact: Path, data: Path, split: str = "test", checkpoint: Path | N
     tracks = {"artifact": run("artifact", artifact_window_fn(artifact, card, threads))}
     rates = {"artifact": card.frame_rate_hz}
     thr = {"artifact": thresholds}
+    decoders = {"artifact": card.decoder_config()}
     reference_path = Path(checkpoint) if checkpoint else _existing(card.lineage.get("checkpoint"))
     source = None
     if reference_path is not None:
@@ -118,6 +121,7 @@ def verify(artifact: Path, data: Path, split: str = "test", checkpoint: Path | N
                             f"({card.sha256[:12]})")
         tracks["pytorch"] = run("pytorch", source.window_fn())
         rates["pytorch"], thr["pytorch"] = card.frame_rate_hz, thresholds
+        decoders["pytorch"] = decoders["artifact"]
         if use_onnx and artifact.suffix != ".onnx":
             from export.onnx import to_onnx_model, write_onnx
 
@@ -125,6 +129,7 @@ def verify(artifact: Path, data: Path, split: str = "test", checkpoint: Path | N
                 path = write_onnx(to_onnx_model(source), card, Path(tmp) / "model.onnx")
                 tracks["onnx"] = run("onnx", onnx_window_fn(path, card, threads))
             rates["onnx"], thr["onnx"] = card.frame_rate_hz, thresholds
+            decoders["onnx"] = decoders["artifact"]
     else:
         log.warning("no PyTorch checkpoint for %s (give --checkpoint): agreement is not checked",
                     artifact)
@@ -136,10 +141,19 @@ def verify(artifact: Path, data: Path, split: str = "test", checkpoint: Path | N
                                         progress, desc="teacher")
         rates["teacher"] = t.card.frame_rate_hz
         thr["teacher"] = np.asarray(t.card.thresholds, np.float32)
+        decoders["teacher"] = t.card.decoder_config()
+    if baseline is not None:
+        b = load_source(baseline)
+        if list(b.card.labels) != list(card.labels):
+            raise UserError(f"{baseline}: its labels differ from the artifact's")
+        tracks["baseline"] = track_files(b.window_fn(), geometry(b.card), dataset, files,
+                                         progress, desc="baseline")
+        rates["baseline"] = b.card.frame_rate_hz
+        decoders["baseline"] = b.card.decoder_config()
 
     models, curves = {}, {}
     for name, logits in tracks.items():
-        models[name], truth, scores = score_tracks(dataset, logits, rates[name], thr[name])
+        models[name], truth, scores = score_tracks(dataset, logits, rates[name], decoders[name])
         curves[name] = (truth, scores)
     report: dict[str, Any] = {
         "artifact": str(artifact), "data": str(data), "split": split, "files": len(files),
@@ -215,15 +229,22 @@ def _embedded(data: bytes) -> bool:
         return False
 
 
+def high_snr_recall(model_report: dict[str, Any]) -> str:
+    """Event recall for calls at >= 10 dB SNR, as text ('n/a' without SNR annotations)."""
+    by_snr = model_report.get("event_recall_by_snr")
+    value = (by_snr or {}).get(">=10 dB", {}).get("recall")
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """Models as rows: frame AP, event P/R/F1, and agreement with PyTorch where measured."""
     rows = [f"{'model':10s} {'macroAP':>8s} {'microAP':>8s} {'evP':>6s} {'evR':>6s} {'evF1':>6s}"
-            f" {'corr':>8s} {'max|dp|':>8s} {'agree':>7s}"]
+            f" {'R>=10dB':>7s} {'corr':>8s} {'max|dp|':>8s} {'agree':>7s}"]
     for name, m in report["models"].items():
         ap, ev = m["frame_ap"], m["event"]["micro"]
         agree = report["agreement"].get(f"{name}_vs_pytorch", {})
         extra = (f" {agree['correlation']:8.5f} {agree['max_abs_diff']:8.5f} "
                  f"{100 * agree['frame_agreement']:6.2f}%" if agree else "")
         rows.append(f"{name:10s} {ap['macro']:8.4f} {ap['micro']:8.4f} {ev['precision']:6.3f} "
-                    f"{ev['recall']:6.3f} {ev['f1']:6.3f}{extra}")
+                    f"{ev['recall']:6.3f} {ev['f1']:6.3f} {high_snr_recall(m):>7s}{extra}")
     return "\n".join(rows)

@@ -112,6 +112,26 @@ class FinetuneObjective(nn.Module):
         return total, losses
 
 
+def tune_saved_decoder(path: Path, dataset: Dataset, val_files: list[str], clip_s: float,
+                       batch_size: int, device: torch.device) -> None:
+    """Choose the best model's per-label event decoder on `val` (for event F1, as students
+    do) and store it with the model, so the teacher's event metrics are decoded as fairly
+    as the students' and its card says which labels it cannot detect."""
+    from export.decoder_search import tune_decoder
+    from train.evaluate import predict_files
+
+    model, record = load_model(path, device)
+    probs, _ = predict_files(lambda a: model(a).frame_logits, dataset, val_files, clip_s,
+                             model.config.frame_rate_hz, batch_size, device)
+    tuned = tune_decoder(probs, {f: dataset.events(f) for f in probs}, record["labels"],
+                         model.config.frame_rate_hz)
+    extra = {**record.get("extra", {}), "thresholds": list(tuned.thresholds),
+             "decoder_search": tuned.to_dict()}
+    save_model(path, model, record["labels"], record["stage"], extra=extra)
+    for u in tuned.undetectable:
+        log.warning("teacher: label '%s' cannot be detected on val (%s)", u.label, u.reason)
+
+
 def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneConfig,
              runtime: Runtime, init: Path | None = None, val_split: str | None = "val",
              eval_every: int = 0, batch_size_eval: int = 16) -> Path:
@@ -203,6 +223,9 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
             validate(engine.step)  # the final weights get their chance too
         if not val_files and runtime.is_main:
             _save(engine.step, None)
+        if val_files and runtime.is_main:
+            tune_saved_decoder(path, dataset, val_files, options.clip_s, batch_size_eval,
+                               runtime.device)
         log.info("finetuned model written to %s (best val macro AP %.3f, last loss %.4f)", path,
                  best["macro_ap"], logs.get("loss", math.nan))
     return path
