@@ -11,6 +11,7 @@ from train.demo import (
     SubscriberProcess,
     _cmd,
     _Echo,
+    quality_table,
     runtime_summary,
     stage,
     stored_detections,
@@ -86,3 +87,24 @@ def test_summary_parsers_read_the_real_closing_lines():
                "duplicates 2, rejected 0; 7 rows in the database\n")
     assert subscriber_duplicates([closing]) == 2
     assert subscriber_duplicates([]) is None
+
+
+def test_quality_table_has_a_row_per_scored_model_and_recall_per_snr_bucket():
+    def model(ap, f1, buckets):
+        return {"frame_ap": {"macro": ap}, "event": {"micro": {"precision": f1, "recall": f1,
+                                                                "f1": f1}},
+                "event_recall_by_snr": {"buckets": buckets}}
+
+    verify = {"models": {
+        "artifact": model(0.61, 0.72, {"<0 dB": {"n": 4, "recall": 0.25},
+                                       ">=10 dB": {"n": 10, "recall": 0.9}}),
+        "teacher": model(0.55, 0.70, {"<0 dB": {"n": 4, "recall": float("nan")},
+                                      ">=10 dB": {"n": 10, "recall": 1.0}}),
+        "baseline": {**model(0.5, 0.6, {}), "event_recall_by_snr": None}}}
+    lines = quality_table(verify, "from scratch").splitlines()
+    assert "R <0 dB" in lines[0] and "R >=10 dB" in lines[0]
+    rows = {line.split("|")[1].strip(): line for line in lines[2:]}
+    assert list(rows) == ["teacher (from scratch)", "student int8", "labels-only student"]
+    assert "0.610" in rows["student int8"] and "0.90 (n=10)" in rows["student int8"]
+    assert "n/a" in rows["teacher (from scratch)"]  # an empty bucket is not a number
+    assert rows["labels-only student"].count("n/a") == 2

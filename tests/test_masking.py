@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train.config import FinetuneConfig, PretrainConfig
+from train.config import FinetuneConfig, ModelConfig, PretrainConfig
 from train.masking import (
     approximate_coverage,
     compute_span_mask,
     expected_coverage,
     mask_statistics,
+    masking_regime_stats,
+    unreachable_fraction,
 )
 
 
@@ -28,15 +30,50 @@ def test_empirical_coverage_matches_the_exact_expectation(mask_prob, mask_length
     assert expected == pytest.approx(approximate_coverage(mask_prob, mask_length), abs=0.02)
 
 
-def test_defaults_mask_about_96_percent_in_pretraining():
+def test_pretraining_default_suits_50_fps_two_second_clips():
     pre, fine = PretrainConfig(), FinetuneConfig()
-    assert expected_coverage(500, pre.mask_prob, pre.mask_length) == pytest.approx(0.96, abs=0.005)
+    frames, reach = 100, ModelConfig.tiny().pos_conv_kernel // 2  # 2 s at 50 fps; reach 7
+    assert 0.5 <= expected_coverage(frames, pre.mask_prob, pre.mask_length) <= 0.65
+    assert 5 <= pre.mask_length <= 10
+    mask = compute_span_mask(2000, frames, pre.mask_prob, pre.mask_length, generator=_gen(3))
+    stats = masking_regime_stats(mask, reach)
+    assert 0.5 <= stats["coverage"] <= 0.65
+    assert stats["unreachable_fraction"] < 0.1  # measured 0.074
+    assert stats["visible_per_clip"] > 35
+    # The base preset's 65-frame positional conv reaches every masked frame.
+    base_reach = ModelConfig.base().pos_conv_kernel // 2
+    assert masking_regime_stats(mask, base_reach)["unreachable_fraction"] < 0.001
     # Finetuning masks nothing by default (it stopped the tiny teacher learning, see config);
     # animal2vec's finetuning value, if asked for, masks about 64%.
     assert fine.mask_prob == 0.0
     assert expected_coverage(500, 0.8, fine.mask_length) == pytest.approx(0.64, abs=0.01)
-    mask = compute_span_mask(16, 500, pre.mask_prob, pre.mask_length, generator=_gen(3))
-    assert 0.94 < mask.float().mean() < 0.98
+
+
+def test_animal2vec_setting_leaves_most_masked_frames_out_of_reach_at_50_fps():
+    # Issue 10: (1.6, 2) on 100-frame clips keeps ~3.8 frames visible, and ~64% of the
+    # masked frames have no visible frame within the tiny preset's 7-frame reach.
+    assert expected_coverage(500, 1.6, 2) == pytest.approx(0.96, abs=0.005)
+    mask = compute_span_mask(2000, 100, 1.6, 2, generator=_gen(3))
+    stats = masking_regime_stats(mask, 7)
+    assert stats["coverage"] == pytest.approx(0.96, abs=0.01)
+    assert stats["visible_per_clip"] < 5
+    assert stats["unreachable_fraction"] > 0.5
+
+
+def test_unreachable_fraction_on_a_hand_made_mask():
+    # 20 frames, visible at 0 and 19 only: with reach 3, frames 4..15 (12 of 18 masked)
+    # have no visible frame within 3 frames.
+    mask = torch.ones(1, 20, dtype=torch.bool)
+    mask[0, 0] = mask[0, 19] = False
+    assert unreachable_fraction(mask, 3) == pytest.approx(12 / 18)
+    assert unreachable_fraction(mask, 10) == 0.0
+    assert unreachable_fraction(torch.zeros(1, 20, dtype=torch.bool), 3) == 0.0
+    # Padding is neither masked nor visible: frames 10..19 padded leaves 1..9 masked,
+    # of which 4..9 are more than 3 frames from frame 0.
+    padding = torch.arange(20)[None, :] >= 10
+    assert unreachable_fraction(mask, 3, padding) == pytest.approx(6 / 9)
+    stats = masking_regime_stats(mask, 3, padding)
+    assert stats["visible_per_clip"] == 1.0 and stats["coverage"] == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("mask_length", [2, 3, 5])

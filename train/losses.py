@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from train.distributed import global_denominator
+
 
 # ---------------------------------------------------------------- focal loss
 def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float = 2.0,
@@ -42,7 +44,8 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float
         return loss.sum() / denom.clamp(min=1e-8)
     if reduction == "positives":
         positives = targets * weights if weights is not None else targets
-        return loss.sum() / positives.sum().clamp(min=1.0)
+        # The whole global batch's count under DDP, so N ranks x B clips train like 1 x N*B.
+        return loss.sum() / global_denominator(positives.sum(), minimum=1.0)
     raise ValueError(f"unknown reduction {reduction!r}: use mean, positives, sum or none")
 
 
@@ -95,16 +98,52 @@ def data2vec_loss(student_pred: torch.Tensor, teacher_layers: Sequence[torch.Ten
     graph) when nothing is masked.
     """
     target = data2vec_targets(teacher_layers, top_k, instance_norm, final_norm, padding_mask)
+    return masked_regression_loss(student_pred, target, mask, loss, beta, padding_mask)
+
+
+def masked_regression_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                           loss: str = "mse", beta: float = 0.25,
+                           padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`data2vec_loss` from ready targets (batch, frames, dim): mean over masked frames and dims."""
     if padding_mask is not None:
         mask = mask & ~padding_mask
-    pred, target = student_pred[mask].float(), target[mask]  # (masked frames, dim)
-    if pred.numel() == 0:
-        return student_pred.sum() * 0.0
+    p, t = pred[mask].float(), target[mask].float()  # (masked frames, dim)
+    if p.numel() == 0:
+        return pred.sum() * 0.0
     if loss == "mse":
-        return F.mse_loss(pred, target)
+        return F.mse_loss(p, t)
     if loss == "smooth_l1":
-        return F.smooth_l1_loss(pred, target, beta=beta)
+        return F.smooth_l1_loss(p, t, beta=beta)
     raise ValueError(f"unknown data2vec loss {loss!r}: use mse or smooth_l1")
+
+
+def per_dim_std(x: torch.Tensor) -> torch.Tensor:
+    """(frames, dim) -> scalar: each dim's std over frames, averaged over dims.
+
+    data2vec's `compute_var`, which it logs as `target_var` / `pred_var` and stops the run on
+    (below 0.1 / 0.01): a collapsing teacher or student shows up as this going to 0.
+    """
+    x = x.detach().float()
+    if x.shape[0] < 2:
+        return x.new_zeros(())
+    return torch.sqrt(x.var(0) + 1e-6).mean()
+
+
+@torch.no_grad()
+def regression_stats(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                     padding_mask: torch.Tensor | None = None) -> dict[str, float]:
+    """At masked frames: target_var and pred_var (`per_dim_std`), and the fraction of the
+    targets' variance the prediction explains, 1 - mse / var(target) (0 = no better than
+    predicting each dim's mean; the old runs sat at ~0.02)."""
+    if padding_mask is not None:
+        mask = mask & ~padding_mask
+    p, t = pred[mask].detach().float(), target[mask].detach().float()  # (masked frames, dim)
+    if t.shape[0] < 2:
+        return {"target_var": 0.0, "pred_var": 0.0, "variance_explained": 0.0}
+    var = t.var(0, unbiased=False).mean()
+    explained = 1.0 - (p - t).square().mean() / var.clamp(min=1e-8)
+    return {"target_var": per_dim_std(t).item(), "pred_var": per_dim_std(p).item(),
+            "variance_explained": explained.item()}
 
 
 def frame_std(x: torch.Tensor) -> float:

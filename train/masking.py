@@ -8,12 +8,24 @@ So `mask_prob` is the masked fraction before overlaps and may exceed 1. With q =
 starts per frame, a frame away from the edges is masked unless none of the M starts that
 cover it was drawn:
     coverage ~= 1 - (1 - q) ** M        (exact: `expected_coverage`)
-    mask_prob = 1.6, M = 2: 1 - 0.2 ** 2 = 0.96   (the pretraining default, ~96% masked)
-    mask_prob = 0.8, M = 2: 1 - 0.6 ** 2 = 0.64   (finetuning default)
+    mask_prob = 0.8, M = 5:  1 - 0.84 ** 5 = 0.58  (the pretraining default; 0.59 on 100 frames)
+    mask_prob = 0.65, M = 10: 1 - 0.935 ** 10 = 0.49  (data2vec audio)
+    mask_prob = 1.6, M = 2:  1 - 0.2 ** 2 = 0.96   (animal2vec, ~96% masked)
     mask_prob = 0.15, M = 2:                ~0.14  (i.i.d. starts with p = 0.15 would give
                                                    1 - 0.85 ** 2 = 0.28; neither is ~96%)
 At high coverage neighbouring spans merge, so the *runs* of masked frames `mask_statistics`
 reports are longer than M; at low coverage their mode is M.
+
+Why not animal2vec's ~96% here: the student sees a masked frame only as the mask token plus
+the positional conv over its neighbours (no absolute positions). A masked frame with no
+visible frame within the conv's reach (pos_conv_kernel // 2 frames) gets the same input as
+every other such frame of the clip, so the student must predict the same thing for all of
+them. animal2vec runs at 200 fps on
+10 s clips with a data2vec2-style student; at 50 fps on 2 s clips with the tiny preset's
+15-frame conv, (1.6, 2) leaves ~3.8 visible frames per 100-frame clip and 64% of masked
+frames out of reach of all of them. `masking_regime_stats` measures this; pretraining logs it.
+(0.8, 5) masks ~59% of a 100-frame clip with 7% of masked frames out of reach (reach 7);
+the base preset's 65-frame conv (reach 32) leaves none out of reach.
 """
 
 from __future__ import annotations
@@ -99,3 +111,27 @@ def mask_statistics(mask: torch.Tensor, padding_mask: torch.Tensor | None = None
         "span_length_mean": lengths.float().mean().item(),
         "n_spans": float(lengths.numel()),
     }
+
+
+def unreachable_fraction(mask: torch.Tensor, reach: int,
+                         padding_mask: torch.Tensor | None = None) -> float:
+    """Fraction of masked frames with no visible (unmasked, non-padded) frame within `reach`
+    frames on either side: those the positional conv cannot place (reach = kernel // 2)."""
+    mask = mask.bool()
+    valid = torch.ones_like(mask) if padding_mask is None else ~padding_mask.bool()
+    mask = mask & valid
+    visible = (valid & ~mask).float()[:, None, :]  # (batch, 1, frames)
+    near = F.max_pool1d(visible, 2 * reach + 1, stride=1, padding=reach)[:, 0] > 0
+    return (mask & ~near).sum().item() / max(mask.sum().item(), 1)
+
+
+def masking_regime_stats(mask: torch.Tensor, reach: int,
+                         padding_mask: torch.Tensor | None = None) -> dict[str, float]:
+    """`mask_statistics` plus what the student can still see: visible frames per clip and
+    the fraction of masked frames out of the positional conv's reach (see the module doc)."""
+    stats = mask_statistics(mask, padding_mask)
+    valid = torch.ones_like(mask, dtype=torch.bool) if padding_mask is None else ~padding_mask.bool()
+    visible = valid & ~mask.bool()
+    stats["visible_per_clip"] = visible.sum(1).float().mean().item()
+    stats["unreachable_fraction"] = unreachable_fraction(mask, reach, padding_mask)
+    return stats

@@ -92,6 +92,9 @@ class Animal2Vec(nn.Module):
         active = [h for h in self.metadata_configs if h.mode != "off"]
         self.metadata = MetadataHeads(c.dim, active) if active else None
         self.features_frozen = False
+        # Gradient multiplier into the sinc + conv front end (wav2vec2's feature_grad_mult):
+        # a training setting, not part of the architecture; pretraining sets it, 1 otherwise.
+        self.feature_grad_mult = 1.0
         for part in (self.context, self.layer_average, self.classifier, self.regression_head,
                      self.metadata):
             if part is not None:
@@ -123,13 +126,18 @@ class Animal2Vec(nn.Module):
             with torch.no_grad():
                 return self.features(audio)
         x = F.pad(audio, self.config.frame_padding)  # centre frames on their time span
-        return self.encoder(self.frontend_norm(self.frontend(x)))
+        return self.encoder(self.frontend_norm(self.frontend(x)), self.feature_grad_mult)
 
     def forward(self, audio: torch.Tensor, mask: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None) -> Output:
         """audio (batch, samples); mask (batch, frames) True = replace by the mask embedding;
         lengths (batch,) valid samples per clip when the batch is padded."""
-        features = self.features(audio)  # (batch, frames, dim)
+        return self.forward_features(self.features(audio), mask, lengths)
+
+    def forward_features(self, features: torch.Tensor, mask: torch.Tensor | None = None,
+                         lengths: torch.Tensor | None = None) -> Output:
+        """`forward` from precomputed `self.features(audio)` (batch, frames, dim): pretraining
+        runs the front end once per clip and repeats the features under several masks."""
         padding = None if lengths is None else self.padding_mask(lengths, features.shape[1])
         x = features if mask is None else apply_mask_embedding(features, mask, self.mask_embedding)
         ctx = self.context(x, padding)

@@ -6,6 +6,12 @@ features as the same second inside a long clip (the default). Norm "group" is wa
 GroupNorm(channels, channels) on the first layer only (per-clip statistics).
 The frame rate and receptive field follow from (kernel, stride): see
 `ModelConfig.frame_rate_hz`, `.receptive_field_s` and `.n_frames`.
+
+`grad_scale` multiplies the gradient flowing back into the conv stack (and through it into
+the sinc filterbank) by a constant and leaves the forward pass alone: wav2vec2/data2vec's
+`feature_grad_mult` (wav2vec2 base 0.1, data2vec audio 1.0), applied where they apply it,
+after the convs and before the projection. Under Adam it barely changes the updates (see
+`PretrainConfig.feature_grad_mult`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,27 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+
+class GradScale(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x` unchanged, its gradient times `scale`. No graph node when there is no gradient to
+    scale (scale 1, inference, export), so traced and exported graphs never contain it."""
+    if scale == 1.0 or not (torch.is_grad_enabled() and x.requires_grad):
+        return x
+    return GradScale.apply(x, scale)
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -49,6 +76,6 @@ class ConvFeatureEncoder(nn.Module):
         self.project = nn.Sequential(nn.LayerNorm(in_channels), nn.Linear(in_channels, dim),
                                      nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(x)  # (batch, channels, frames)
+    def forward(self, x: torch.Tensor, grad_scale: float = 1.0) -> torch.Tensor:
+        x = scale_gradient(self.convs(x), grad_scale)  # (batch, channels, frames)
         return self.project(x.transpose(1, 2))  # (batch, frames, dim)
