@@ -32,27 +32,49 @@ def _load(path: Path) -> dict | None:
         raise SystemExit(f"{path}: not valid JSON ({err}); rerun the benchmark") from None
 
 
+CLAIM_VERDICTS = {"met": "met", "missed": "**MISSED**",
+                  "inconclusive": "inconclusive (the 95% CI spans the bound)",
+                  "undefined": "undefined (nothing to score)"}
+
+
+def _ci(cell: dict | None) -> str:
+    """'0.412 [0.391, 0.433]' (mean over seeds [95% CI]); 'n/a' where undefined."""
+    if not cell or cell.get("mean") is None:
+        return "n/a"
+    if cell.get("lo") is None or cell.get("hi") is None:
+        return f"{cell['mean']:.3f}"
+    return f"{cell['mean']:.3f} [{cell['lo']:.3f}, {cell['hi']:.3f}]"
+
+
 def export_rows(result: dict) -> list[Row]:
-    rows, cmd = [], result.get("command", "python benchmarks/export_table.py")
-    teacher = result["rows"].get("teacher fp32", {})
-    for name, r in result["rows"].items():
-        size = f"{r['file_kb']:.0f} KiB"
-        size_target = ""
-        if name == "student int8":
-            size_target = f"<= 1 MB: {_verdict(r['file_kb'] * 1024 <= 1_000_000)}"
-        rows.append((f"{name}: parameters / file size", f"{r['parameters']:,} / {size}",
-                     size_target, cmd))
-        rows.append((f"{name}: 1-thread latency per audio second (model + numpy front end)",
-                     f"{r['total_ms_per_audio_s']:.2f} ms ({r['model_ms_per_audio_s']:.2f} + "
-                     f"{r['frontend_ms_per_audio_s']:.2f})", "", cmd))
-        for split in ("test", "shift"):
-            ap = r[f"macro_ap_{split}"]
-            target = ""
-            if name == "student int8" and teacher:
-                ref = teacher[f"macro_ap_{split}"]
-                target = (f"within 5% of the teacher's {ref:.3f}: "
-                          f"{_verdict(ap >= 0.95 * ref)}")
-            rows.append((f"{name}: macro frame AP on `{split}`", f"{ap:.3f}", target, cmd))
+    """Per model: footprint, latency and quality with CIs; then every claim with its verdict,
+    judged by export_table.py on the CI (met / MISSED / inconclusive)."""
+    cmd = result.get("command", "python benchmarks/export_table.py")
+    if "models" not in result:
+        return [("export table", "JSON from an older benchmarks/export_table.py", "rerun it",
+                 cmd)]
+    setup = (f" (synth `{result['preset']}`, seeds {', '.join(map(str, result['seeds']))}: "
+             "mean over seeds [95% paired bootstrap CI over files]"
+             + ("; a --quick smoke run, its numbers mean little" if result.get("quick") else "")
+             + ")")
+    rows: list[Row] = []
+    for m in result["models"].values():
+        rows.append((f"{m['title']}: parameters / size ({m['size_kind']})",
+                     f"{m['parameters']:,} / {m['size_bytes'] / 1024:.0f} KiB", "", cmd))
+        lat = m.get("latency")
+        if lat:
+            rows.append((f"{m['title']}: 1-thread ms per audio second (model + numpy front end)",
+                         f"{lat['total_ms_per_audio_s']:.2f} ({lat['model_ms_per_audio_s']:.2f} "
+                         f"+ {lat['frontend_ms_per_audio_s']:.2f})", "", cmd))
+        for split, cell in m["splits"].items():
+            rows.append((f"{m['title']}: frame macro AP / event F1 / event recall >= 10 dB on "
+                         f"`{split}`", " / ".join(_ci(cell.get(k)) for k in (
+                             "frame_macro_ap", "event_f1", "recall_high_snr")), "", cmd))
+    for c in result["claims"]:
+        rows.append((f"claim: {c['claim']} ({c['statistic']})", c["measured"],
+                     f"{c['target']}: {CLAIM_VERDICTS[c['verdict']]}", cmd))
+    if rows:
+        rows[0] = (rows[0][0] + setup, *rows[0][1:])
     return rows
 
 

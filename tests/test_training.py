@@ -166,7 +166,7 @@ def test_clone_batches_run_the_front_end_once_per_clip():
 
 
 def test_feature_grad_mult_scales_only_the_front_end_gradient():
-    from train.model.encoder import scale_gradient
+    from train.model.gradients import scale_gradient
 
     x = torch.randn(3, requires_grad=True)
     y = scale_gradient(x, 0.1)

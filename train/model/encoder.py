@@ -21,26 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-
-class GradScale(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by `scale`."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad * ctx.scale, None
-
-
-def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """`x` unchanged, its gradient times `scale`. No graph node when there is no gradient to
-    scale (scale 1, inference, export), so traced and exported graphs never contain it."""
-    if scale == 1.0 or not (torch.is_grad_enabled() and x.requires_grad):
-        return x
-    return GradScale.apply(x, scale)
+from train.model.gradients import scale_gradient
 
 
 class ChannelLayerNorm(nn.LayerNorm):

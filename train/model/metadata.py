@@ -27,26 +27,10 @@ from torch import nn
 from edge_runtime.errors import UserError
 from train.config import MetadataHeadConfig
 from train.distributed import global_denominator
+from train.model.gradients import grad_reverse
 
 
 # ---------------------------------------------------------------- gradient reversal
-class GradientReversal(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by -lambda."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, lambda_: float) -> torch.Tensor:
-        ctx.lambda_ = lambda_
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return -ctx.lambda_ * grad, None
-
-
-def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
-    return GradientReversal.apply(x, lambda_)
-
-
 def grl_lambda(step: int, max_lambda: float = 1.0, warmup_steps: int = 0) -> float:
     """DANN ramp: max_lambda * (2 / (1 + exp(-10 p)) - 1), p = step / warmup_steps in [0, 1]."""
     if warmup_steps <= 0:
