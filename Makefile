@@ -41,14 +41,16 @@ test: venv
 	$(PY) -m pytest -q
 
 # Every benchmark, then one table with the command behind each figure: benchmarks/RESULTS.md.
-# About two hours on 2 cores (most of it benchmarks/train_table.py). The runtime is measured
-# on the int8 student that export_table.py builds, at the card's hop and at 0.2 s.
+# Several hours on 2 cores (3 seeds of every training run; see benchmarks/README.md). Each
+# script is resumable: a rerun reuses every finished run. The runtime is measured on seed 0's
+# int8 student from export_table.py, at the card's hop and at 0.2 s.
 BENCH_OUT := benchmarks/out
+BENCH_INT8 := $(BENCH_OUT)/export/default_teacher_t600/seed0/tcn_small_d1500/student_int8.tflite
 bench: venv
 	$(PY) benchmarks/export_table.py --work $(BENCH_OUT)/export --out $(BENCH_OUT)/export_table.json
-	$(PY) benchmarks/runtime_bench.py --skip-builtin --model $(BENCH_OUT)/export/student_pico_int8.tflite \
+	$(PY) benchmarks/runtime_bench.py --skip-builtin --model $(BENCH_INT8) \
 	    --out $(BENCH_OUT)/runtime_bench.json
-	$(PY) benchmarks/runtime_bench.py --skip-builtin --model $(BENCH_OUT)/export/student_pico_int8.tflite \
+	$(PY) benchmarks/runtime_bench.py --skip-builtin --model $(BENCH_INT8) \
 	    --hop-s 0.2 --out $(BENCH_OUT)/runtime_bench_hop0.2.json
 	$(PY) benchmarks/train_table.py --out $(BENCH_OUT)/train
 	$(PY) benchmarks/results.py --out-dir $(BENCH_OUT) --write benchmarks/RESULTS.md
