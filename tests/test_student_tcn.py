@@ -145,3 +145,22 @@ def test_context_student_converts_to_full_int8_that_agrees_with_pytorch(name, tm
                       np.array(source.card.thresholds))
     assert agree["frame_agreement"] >= 0.98, agree  # every label of the frame decided alike
     assert agree["correlation"] > 0.99, agree
+
+
+def test_band_contrast_cancels_a_steady_tone_in_its_half_of_the_stem():
+    """The contrast half of the stem sees each band minus its window mean, so a band that is
+    raised for the whole window (a whine, the recorder's EQ) leaves it unchanged."""
+    torch.manual_seed(0)
+    config = StudentConfig(channels=16, kernel=3, dilations=(1,), band_contrast=True)
+    model = Student(config, MELS, CLASSES).eval()
+    assert model.stem.in_channels == 2 * MELS
+    with torch.no_grad():
+        model.stem.weight[:, :MELS] = 0.0  # keep only the contrast half
+        x = torch.randn(2, 100, MELS)
+        whine = x.clone()
+        whine[:, :, 20] += 4.0  # band 20 louder in every frame of the window
+        call = x.clone()
+        call[:, 40:45, 20] += 4.0  # band 20 louder for five frames
+        assert (model(whine) - model(x)).abs().max() < 1e-4
+        assert (model(call) - model(x)).abs().max() > 1e-3
+    assert StudentConfig.from_dict(config.to_dict()) == config
