@@ -107,26 +107,41 @@ def runtime_rows(result: dict) -> list[Row]:
 
 
 def train_rows(result: dict) -> list[Row]:
-    """DESIGN.md: pretraining helps at 1% labels; metadata heads help on the shifted split."""
+    """Hypotheses H1-H5 (benchmarks/README.md) as train_table.py judged them on paired
+    bootstrap CIs, each row of its tables, and the best teacher against DESIGN.md's targets."""
     cmd = result.get("command", "python benchmarks/train_table.py")
-    setup = (f"synth `{result['preset']}`, tiny model, pretrain {result['pretrain_steps']} / "
-             f"finetune {result['finetune_steps']} steps, one seed")
-    by = {(r["setting"], r["split"]): r["macro_ap"] for r in result["rows"]}
-    rows = []
-    for r in result["rows"]:
-        target, ap = "", r["macro_ap"]
-        if r["setting"].endswith("pretrained"):
-            ref = by.get((r["setting"].replace("pretrained", "scratch"), r["split"]))
-            if ref is not None:
-                target = f"> from scratch ({ref:.3f}): {_verdict(ap > ref)}"
-        elif r["split"] == "shift" and not r["setting"].endswith("none"):
-            ref = by.get(("metadata heads: none", "shift"))
-            if ref is not None:
-                target = f"> no heads ({ref:.3f}): {_verdict(ap > ref)}"
-        what = f"claim ({r['claim']}) {r['setting']}: macro frame AP on `{r['split']}`"
-        if not rows:  # the setup once, on the first row
-            what += f" ({setup})"
-        rows.append((what, f"{ap:.3f}", target, f"{cmd}  (this row alone: {r['command']})"))
+    if not isinstance(result.get("rows"), dict) or "claims" not in result:
+        return [("train table", "JSON from an older benchmarks/train_table.py", "rerun it", cmd)]
+    setup = (f" (synth `{result['preset']}`, seeds {', '.join(map(str, result['seeds']))}, tiny "
+             f"teacher, pretraining {result['pretrain_steps']} / finetuning "
+             f"{result['finetune_steps']} steps: mean over seeds [95% paired bootstrap CI over "
+             "files]" + ("; a --quick smoke run, its numbers mean little"
+                         if result.get("quick") else "") + ")")
+    rows: list[Row] = []
+    shown = dict.fromkeys(key for table in result["tables"] for key in table["rows"])
+    for key in shown:
+        r = result["rows"][key]
+        for split, cell in r["splits"].items():
+            if "event_f1" in cell:
+                what = "frame macro AP / event F1 / event recall >= 10 dB"
+                value = " / ".join(_ci(cell.get(k)) for k in (
+                    "frame_macro_ap", "event_f1", "recall_high_snr"))
+            else:
+                what, value = "frame macro AP", _ci(cell.get("frame_macro_ap"))
+            rows.append((f"{r['title']}: {what} on `{split}`", value, "", cmd))
+    recipe = result.get("recipe")
+    if recipe:
+        scores = ", ".join(f"{name} {c['val_macro_ap']:.3f}" if c["val_macro_ap"] is not None
+                           else f"{name} n/a" for name, c in recipe["candidates"].items())
+        rows.append(("from-pretrained recipe, chosen on `val` (frame macro AP)",
+                     f"{recipe['chosen']} ({scores})", "", cmd))
+    for c in result["claims"]:
+        rows.append((f"{c['hypothesis']}: {c['claim']}", c["measured"], c["verdict"], cmd))
+    for t in result.get("targets", []):
+        rows.append((t["what"], _ci(t), f">= {t['bound']:g}: {CLAIM_VERDICTS[t['verdict']]}",
+                     cmd))
+    if rows:
+        rows[0] = (rows[0][0] + setup, *rows[0][1:])
     return rows
 
 

@@ -54,17 +54,54 @@ def test_stale_export_json_asks_for_a_rerun(tmp_path):
     assert "| export | export table | JSON from an older" in render(tmp_path)
 
 
-def test_training_claims_compare_against_their_baselines(tmp_path):
-    rows = [("a", "1% labels, scratch", "test", 0.10), ("a", "1% labels, pretrained", "test", 0.20),
-            ("b", "metadata heads: none", "shift", 0.30),
-            ("b", "metadata heads: adversarial", "shift", 0.25)]
+def _train_result() -> dict:
+    """What benchmarks/train_table.py writes, from two seeds of synthetic tracks."""
+    import numpy as np
+
+    from benchmarks.train_table import Scored, System, assemble
+
+    rng = np.random.default_rng(0)
+    targets = {f"f{k}.wav": (rng.random((40, 2)) < 0.2).astype(np.float32) for k in range(12)}
+
+    def runs(skill: float) -> list:
+        return [Scored({f: (np.clip(skill * t + (1 - skill) * rng.random(t.shape), 0, 1), t)
+                        for f, t in targets.items()}, None) for _ in range(2)]
+
+    systems = {"probe/pretrained": System("probe: pretrained", "probe", "probe_pretrained",
+                                          [0, 1], {"test": runs(0.6)}),
+               "probe/random": System("probe: random", "probe", "probe_random", [0, 1],
+                                      {"test": runs(0.1)})}
+    result = assemble(systems, ["a", "b"], ("train_10pct", "train"), n_boot=100,
+                      command="python benchmarks/train_table.py --seeds 0,1", preset="default",
+                      seeds=[0, 1], pretrain_steps=1500, finetune_steps=600,
+                      recipe={"budget": "train_10pct", "seed": 0, "chosen": "llrd",
+                              "candidates": {"llrd": {"val_macro_ap": 0.41},
+                                             "uniform_lr": {"val_macro_ap": None}}})
+    return json.loads(json.dumps(result))
+
+
+def test_training_claims_show_their_intervals_and_verdicts(tmp_path):
+    (tmp_path / "train").mkdir()
+    result = _train_result()
+    result["targets"] = [{"what": "best teacher on `val` (x): frame macro AP on `test`",
+                          "mean": 0.5, "lo": 0.45, "hi": 0.55, "bound": 0.75,
+                          "verdict": "missed"}]
+    (tmp_path / "train" / "train_table.json").write_text(json.dumps(result))
+    lines = [line for line in render(tmp_path).splitlines() if line.startswith("| training |")]
+    gate = next(line for line in lines if "| H1:" in line)
+    assert "gate passed" in gate and "[" in gate  # the difference with its CI
+    assert "seeds 0, 1" in lines[0] and "paired bootstrap CI" in lines[0]
+    assert any("probe: random: frame macro AP on `test`" in line for line in lines)
+    assert any("llrd (llrd 0.410, uniform_lr n/a)" in line for line in lines)
+    target = next(line for line in lines if "best teacher" in line)
+    assert "0.500 [0.450, 0.550]" in target and ">= 0.75: **MISSED**" in target
+    assert all(line.endswith("| C1 |") for line in lines)
+
+
+def test_stale_training_json_asks_for_a_rerun(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "train_table.json").write_text(json.dumps({
         "preset": "tiny", "pretrain_steps": 10, "finetune_steps": 10, "minutes": 1.0,
-        "rows": [{"claim": c, "setting": s, "split": sp, "macro_ap": ap, "command": f"cmd {s}"}
-                 for c, s, sp, ap in rows]}))
-    lines = render(tmp_path).splitlines()
-    pretrained = next(line for line in lines if "pretrained" in line and "| training" in line)
-    adversarial = next(line for line in lines if "adversarial" in line and "| training" in line)
-    assert "> from scratch (0.100): met" in pretrained
-    assert "> no heads (0.300): **MISSED**" in adversarial
+        "rows": [{"claim": "a", "setting": "1% labels, scratch", "split": "test",
+                  "macro_ap": 0.1, "command": "cmd"}]}))
+    assert "| training | train table | JSON from an older" in render(tmp_path)

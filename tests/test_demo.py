@@ -101,10 +101,12 @@ def test_quality_table_has_a_row_per_scored_model_and_recall_per_snr_bucket():
         "teacher": model(0.55, 0.70, {"<0 dB": {"n": 4, "recall": float("nan")},
                                       ">=10 dB": {"n": 10, "recall": 1.0}}),
         "baseline": {**model(0.5, 0.6, {}), "event_recall_by_snr": None}}}
-    lines = quality_table(verify, "from scratch").splitlines()
+    lines = quality_table(verify, "from scratch", "distilled", "labels only").splitlines()
     assert "R <0 dB" in lines[0] and "R >=10 dB" in lines[0]
     rows = {line.split("|")[1].strip(): line for line in lines[2:]}
-    assert list(rows) == ["teacher (from scratch)", "student int8", "labels-only student"]
-    assert "0.610" in rows["student int8"] and "0.90 (n=10)" in rows["student int8"]
+    assert list(rows) == ["teacher (from scratch)", "student int8 (distilled)",
+                          "student fp32 (labels only)"]
+    assert "0.610" in rows["student int8 (distilled)"]
+    assert "0.90 (n=10)" in rows["student int8 (distilled)"]
     assert "n/a" in rows["teacher (from scratch)"]  # an empty bucket is not a number
-    assert rows["labels-only student"].count("n/a") == 2
+    assert rows["student fp32 (labels only)"].count("n/a") == 2

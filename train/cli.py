@@ -120,6 +120,13 @@ def _configs(args: argparse.Namespace, stage: str):
     preset = model_preset(args.preset)
     model_config = ModelConfig.from_dict({**preset.to_dict(), **model_dict}, "model")
     defaults = dataclasses.asdict(cls())
+    if stage == "finetune" and getattr(args, "init", None) is not None:
+        # From a pretrained model: FinetuneConfig.from_pretrained's recipe; its head-only
+        # warm-up is 10% of this run's steps unless --set freeze_encoder_steps says otherwise.
+        if "freeze_encoder_steps" not in apply_overrides({}, args.set)[0]:
+            stage_dict.pop("freeze_encoder_steps", None)
+        steps = stage_dict.get("steps", defaults["steps"])
+        defaults = dataclasses.asdict(FinetuneConfig.from_pretrained(steps=steps))
     merged = {**defaults, **stage_dict}
     if merged["warmup_steps"] >= merged["steps"]:
         merged["warmup_steps"] = max(1, merged["steps"] // 10)
@@ -280,7 +287,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "from a pretrained model, with MetaPerch metadata heads.",
                        epilog=EXAMPLES_FINETUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, "train")
-    p.add_argument("--init", type=Path, help="start from this model.pt (pretrained or finetuned)")
+    p.add_argument("--init", type=Path, help="start from this model.pt (pretrained or finetuned), "
+                   "with the from-pretrained recipe: head-only warm-up for 10%% of the steps, "
+                   "layer-wise lr decay 0.75 (--set freeze_encoder_steps=N, --set "
+                   "layer_lr_decay=1 to change)")
     p.add_argument("--val", default="val", help="validation split for model selection ('' = none)")
     p.add_argument("--eval-every", type=int, default=0, help="validate every N steps (default: 5x per run)")
     p.add_argument("--meta", action="append", default=[], metavar="FIELD=MODE",

@@ -359,7 +359,11 @@ class PretrainConfig(ConfigBase):
 
 @dataclass(frozen=True)
 class FinetuneConfig(ConfigBase):
-    """Frame-level multi-label finetuning with focal loss, lighter masking and metadata heads."""
+    """Frame-level multi-label finetuning with focal loss, lighter masking and metadata heads.
+
+    The defaults are the recipe from scratch; `from_pretrained()` is the recipe for starting
+    from a pretrained model (`meerkit train finetune --init` uses it).
+    """
 
     focal_gamma: float = 2.0
     focal_alpha: float | None = 0.25
@@ -385,8 +389,43 @@ class FinetuneConfig(ConfigBase):
     grad_clip: float = 1.0
     amp: str = "bf16"
     metadata_heads: tuple[MetadataHeadConfig, ...] = field(default_factory=tuple)
+    # Hide each metadata field of this share of the training files, as if the cell were
+    # empty (a benchmark knob: how the heads fare at 50 % / 90 % missing metadata; which files
+    # is fixed by the run's seed).
+    metadata_missing_frac: float = 0.0
 
     _nested: typing.ClassVar[dict[str, type]] = {"metadata_heads": MetadataHeadConfig}
+    # What benchmarks/train_table.py chooses among on `val` (at its smallest label budget) to
+    # finetune a pretrained model: overrides of `from_pretrained()`, the preset first.
+    PRETRAINED_CANDIDATES: typing.ClassVar[dict[str, dict[str, Any]]] = {
+        "llrd": {},
+        "uniform_lr": {"layer_lr_decay": 1.0},
+        "frozen_frontend": {"train_feature_encoder": False},
+    }
+
+    @classmethod
+    def from_pretrained(cls, **overrides: Any) -> FinetuneConfig:
+        """The recipe for finetuning a pretrained model; `overrides` win.
+
+        * Head-only warm-up, the first 10 % of the steps (`freeze_encoder_steps`, from
+          `steps`): a fresh classifier's first gradients are large and noisy, and flowing
+          into the backbone they overwrite the pretrained features before the head can use
+          them (linear-probe-then-finetune, Kumar et al. 2022; wav2vec 2.0's
+          freeze_finetune_updates likewise).
+        * Layer-wise learning-rate decay 0.75 (`layer_lr_decay`; BEiT and data2vec use
+          0.65-0.75): the lower a layer, the more general what it learned and the less it
+          should move, so block k of D learns at lr * 0.75 ** (D + 1 - k) and the sinc + conv
+          front end at lr * 0.75 ** (D + 1): 0.32x for the tiny preset's 3 blocks, 0.02x for
+          base's 12. The heads learn at the full lr.
+        * The front end stays trainable: frozen, it left the CPU-scale teacher at chance
+          (see `train_feature_encoder`). animal2vec's frozen front end is one candidate in
+          PRETRAINED_CANDIDATES, as is a uniform learning rate; benchmarks/train_table.py
+          picks among them on `val` and records the choice.
+        """
+        steps = int(overrides.get("steps", cls.steps))
+        base: dict[str, Any] = {"layer_lr_decay": 0.75, "train_feature_encoder": True,
+                                "freeze_encoder_steps": max(1, steps // 10)}
+        return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:
         _check(self.focal_gamma >= 0, "focal_gamma must be >= 0")
@@ -396,6 +435,9 @@ class FinetuneConfig(ConfigBase):
         _check(0.0 <= self.mask_prob <= self.mask_length, "mask_prob must be in [0, mask_length]")
         _check(0.0 < self.layer_lr_decay <= 1.0, "layer_lr_decay must be in (0, 1]")
         _check(0.0 <= self.mixup_prob <= 1.0, "mixup_prob must be in [0, 1]")
+        _check(0.0 <= self.metadata_missing_frac <= 1.0,
+               f"metadata_missing_frac must be in [0, 1], got {self.metadata_missing_frac}")
+        _check(self.freeze_encoder_steps >= 0, "freeze_encoder_steps must be >= 0")
         _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
                "steps, batch_size and grad_accum must be >= 1")
         _choice(self.amp, AMP_MODES, "amp")

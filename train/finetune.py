@@ -5,7 +5,8 @@ regularisation; focal loss on frame logits; plus the MetaPerch metadata heads on
 embedding (standard heads teach where/when, adversarial ones unlearn e.g. the recorder). For
 the first `freeze_encoder_steps` of a run from a pretrained model only the heads learn; the
 sinc + conv front end stays frozen only with `train_feature_encoder=false` (animal2vec's
-choice; at CPU scale it stops learning). The best model on `val` (frame macro AP) is kept.
+choice; at CPU scale it stops learning). `metadata_missing_frac` hides that share of the
+files' metadata from the heads. The best model on `val` (frame macro AP) is kept.
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
     files = [f for split in options.splits for f in select_files(dataset, split)]
     heads = fit_metadata_heads(config.metadata_heads, dataset, files)
     fr = model_config.frame_rate_hz
-    clips = ClipDataset(dataset, files, options.clip_s, fr, heads)
+    clips = ClipDataset(dataset, files, options.clip_s, fr, heads,
+                        metadata_missing_frac=config.metadata_missing_frac,
+                        metadata_missing_seed=options.seed)
     labels = dataset.labels
     if not labels:
         raise UserError(f"{options.data}: no labels to finetune on (annotations.csv is empty "

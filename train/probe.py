@@ -110,14 +110,16 @@ def probe(model: Animal2Vec | FeatureFn, dataset: Dataset, train_files: Sequence
           eval_files: Mapping[str, Sequence[str]] | Sequence[str], clip_s: float, *,
           layer: str | int = "average", frame_rate_hz: float | None = None, epochs: int = 20,
           lr: float = 1e-2, weight_decay: float = 1e-4, batch_frames: int = 1024,
-          seed: int = 0, batch_size: int = 16, device: str | torch.device = "cpu"
-          ) -> dict[str, Any]:
+          seed: int = 0, batch_size: int = 16, device: str | torch.device = "cpu",
+          keep_tracks: bool = False) -> dict[str, Any]:
     """Fit a linear frame classifier on frozen features of `train_files`, report frame AP.
 
     model: an `Animal2Vec` (read at `layer`), or any audio -> (batch, frames, dim) function
     (then `frame_rate_hz` is required). eval_files: {"val": [...], "test": [...]} or one list
     (reported as "eval"). Returns {"layer", "train_files", "train_frames", "dim", "settings",
     "splits": {name: {"files", "frames", "frame_ap": {"macro", "micro", "per_class"}}}}.
+    keep_tracks: each split also gets "tracks": (probabilities, targets), {file: (frames, C)}
+    arrays, what a paired bootstrap over files resamples (not JSON: pop it before writing).
     """
     if isinstance(model, Animal2Vec):
         model.eval()
@@ -157,6 +159,8 @@ def probe(model: Animal2Vec | FeatureFn, dataset: Dataset, train_files: Sequence
         scores = score_files(dataset, probs, targets, frame_rate_hz)
         report["splits"][name] = {"files": scores["files"], "frames": scores["frames"],
                                   "frame_ap": scores["frame_ap"]}
+        if keep_tracks:
+            report["splits"][name]["tracks"] = (probs, targets)
         log.info("probe %s: frame macro AP %.3f on %d files", name,
                  scores["frame_ap"]["macro"], len(files))
     return report
