@@ -101,13 +101,15 @@ class StudentConfig:
         """~0.49M parameters (64 mels, 6 classes; 0.62 MB as int8 TFLite); receptive field
         125 frames plus the whole window through the context gates."""
         return cls(channels=144, kernel=5, expansion=2, dilations=(1, 2, 4, 8, 16),
-                   activation="relu6", context="gate")
+                   activation="relu6", context="gate", band_contrast=True)
 
     @classmethod
     def tcn_small(cls) -> StudentConfig:
-        """~0.14M parameters: the `tcn` layout at 128 channels without expansion."""
+        """~0.15M parameters: the `tcn` layout at 128 channels without expansion. Band contrast
+        measured on synth demo, labels only, 600 steps, one seed: val macro AP 0.591 with it
+        vs 0.484 without."""
         return cls(channels=128, kernel=5, expansion=1, dilations=(1, 2, 4, 8, 16),
-                   activation="relu6", context="gate")
+                   activation="relu6", context="gate", band_contrast=True)
 
     @property
     def receptive_field_frames(self) -> int:

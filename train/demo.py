@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--finetune-steps", type=int, default=400)
-    parser.add_argument("--distill-steps", type=int, default=600)
+    parser.add_argument("--distill-steps", type=int, default=1200)
     args = parser.parse_args(argv)
     return run_demo(args)
 
@@ -450,7 +450,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     p.add_argument("--pretrain-steps", type=int, default=300)
     p.add_argument("--finetune-steps", type=int, default=400)
-    p.add_argument("--distill-steps", type=int, default=600)
+    p.add_argument("--distill-steps", type=int, default=1200)
     p.set_defaults(func=run_demo)
 
 
