@@ -64,7 +64,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
-import hashlib
 import json
 import math
 import platform
@@ -80,6 +79,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` its
 
 import numpy as np
 
+from benchmarks.runs import digest, run_once, say
 from benchmarks.stats import (
     EventCounts,
     bootstrap_ci,
@@ -91,6 +91,7 @@ from benchmarks.stats import (
     paired_bootstrap_diff,
 )
 from edge_runtime.events import DecoderConfig, Event, decode_events
+from train.evaluate import json_safe
 
 MODELS = ("teacher", "student_fp32", "student_int8", "baseline")
 TITLES = {"teacher": "teacher (tiny, fp32 PyTorch)", "student_fp32": "student fp32 (PyTorch)",
@@ -281,17 +282,7 @@ def assemble(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
     result = {**meta, "n_boot": n_boot, "alpha": 0.05,
               "files": {s: len(runs[0].frames) for s, runs in first.items()},
               "models": models, "claims": claims, "commands": dict(commands)}
-    return _json_safe(result)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+    return json_safe(result)
 
 
 # ========================================================================= pure: formatting ==
@@ -358,49 +349,6 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 
 
 # ============================================================================ runs (costly) ==
-def _say(t0: float, message: str) -> None:
-    print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {message}", file=sys.stderr, flush=True)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _marker(path: Path, kind: str = "done") -> Path:
-    return path.with_name(f"{path.name}.{kind}.json")
-
-
-def _recorded(path: Path, inputs: Mapping[str, Any], kind: str = "done") -> dict | None:
-    """The marker of a run with exactly these inputs, if there is one (and its output)."""
-    marker = _marker(path, kind)
-    try:
-        record = json.loads(marker.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    ok = record.get("inputs") == json.loads(json.dumps(inputs))
-    return record if ok and (kind != "done" or path.is_file()) else None
-
-
-def run_once(path: Path, inputs: Mapping[str, Any], command: str,
-             build: Callable[[bool], Any]) -> float:
-    """Build `path` unless a finished run with the same inputs left it there; returns the
-    minutes its build took (now or when it was built). `build(resume)`: resume is True when
-    an unfinished run with the same inputs was started before."""
-    done = _recorded(path, inputs)
-    if done is not None:
-        return float(done.get("minutes", 0.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    resume = _recorded(path, inputs, "started") is not None
-    _marker(path, "started").write_text(json.dumps({"inputs": inputs}, indent=2))
-    t0 = time.perf_counter()
-    build(resume)
-    minutes = (time.perf_counter() - t0) / 60
-    _marker(path).write_text(json.dumps({"inputs": inputs, "minutes": minutes,
-                                         "command": command}, indent=2) + "\n")
-    _marker(path, "started").unlink(missing_ok=True)
-    return minutes
-
-
 @dataclass(frozen=True)
 class Plan:
     """Where every run lives (folders named by their settings) and the command behind it."""
@@ -472,13 +420,13 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
     from train.pretrain import RunOptions
 
     cmds = plan.commands([seed])
-    data_id = _digest(plan.data / "synth.json")
+    data_id = digest(plan.data / "synth.json")
     teacher, student = plan.path("teacher", seed), plan.path("student_fp32", seed)
     int8, baseline = plan.path("student_int8", seed), plan.path("baseline", seed)
     steps = plan.teacher_steps
 
     def train_teacher(resume: bool) -> None:
-        _say(t0, f"seed {seed}: finetuning the teacher ({steps} steps{', resumed' if resume else ''})")
+        say(t0, f"seed {seed}: finetuning the teacher ({steps} steps{', resumed' if resume else ''})")
         finetune(RunOptions(plan.data, teacher.parent, ("train",), clip_s=plan.clip_s, seed=seed,
                             resume=resume, progress=progress,
                             checkpoint_every=max(10, steps // 10)),
@@ -489,22 +437,22 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
                  Runtime(torch.device("cpu")))
 
     def distil(teacher_path: Path | None, out: Path, what: str) -> None:
-        _say(t0, f"seed {seed}: distilling {what} ({plan.distill_steps} steps)")
+        say(t0, f"seed {seed}: distilling {what} ({plan.distill_steps} steps)")
         distill(teacher_path, plan.data, out, DistillConfig(arch=plan.arch,
                                                              steps=plan.distill_steps, seed=seed),
                 cache_dir=plan.work / "teacher_cache", progress=progress)
 
     def to_int8(_: bool) -> None:
-        _say(t0, f"seed {seed}: int8 conversion")
+        say(t0, f"seed {seed}: int8 conversion")
         quantize(student, plan.data, int8, force=True, progress=progress)
 
     minutes = run_once(teacher, {"data": data_id, "seed": seed, "steps": steps, "model": "tiny",
                                  "batch_size": plan.batch_size, "clip_s": plan.clip_s},
                        cmds["teacher"], train_teacher)
-    minutes += run_once(student, {"teacher": _digest(teacher), "arch": plan.arch, "seed": seed,
+    minutes += run_once(student, {"teacher": digest(teacher), "arch": plan.arch, "seed": seed,
                                   "steps": plan.distill_steps},
                         cmds["student_fp32"], lambda _: distil(teacher, student, "the student"))
-    minutes += run_once(int8, {"student": _digest(student)}, cmds["student_int8"], to_int8)
+    minutes += run_once(int8, {"student": digest(student)}, cmds["student_int8"], to_int8)
     minutes += run_once(baseline, {"data": data_id, "arch": plan.arch, "seed": seed,
                                    "steps": plan.distill_steps}, cmds["baseline"],
                         lambda _: distil(None, baseline, "the label-only student"))
@@ -543,7 +491,7 @@ def model_tracks(plan: Plan, model: str, seed: int, split: str, progress: bool
     runner = Runner.load(model, path)
     dataset = Dataset(plan.data, sample_rate=runner.card.sample_rate)
     files = select_files(dataset, split)
-    inputs = {"model": _digest(path), "split": split, "files": files}
+    inputs = {"model": digest(path), "split": split, "files": files}
 
     def build(_: bool) -> None:
         tracks = track_files(runner.window_fn, geometry(runner.card), dataset, files, progress,
@@ -676,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(args.work, args.preset, args.arch, args.teacher_steps, args.distill_steps,
                 args.clip_s, args.batch_size)
     if not (plan.data / "synth.json").is_file():
-        _say(t0, f"generating synth '{args.preset}' into {plan.data}")
+        say(t0, f"generating synth '{args.preset}' into {plan.data}")
         generate(SynthConfig.preset(args.preset), plan.data, workers=2, force=True,
                  progress=False)
     built = sum(build_runs(plan, seed, progress, t0) for seed in seeds)
@@ -686,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     cards: dict[str, Any] = {}
     for seed in seeds:
         for split in SPLITS:
-            _say(t0, f"seed {seed}: scoring on {split}")
+            say(t0, f"seed {seed}: scoring on {split}")
             logits = {}
             for model in MODELS:
                 logits[model], cards[model], minutes = model_tracks(plan, model, seed, split,
@@ -699,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
                 np.concatenate([logits["student_int8"][f] for f in files]),
                 np.concatenate([logits["student_fp32"][f] for f in files]),
                 thresholds)["frame_agreement"])
-    _say(t0, f"bootstrap ({args.n_boot} replicates) and latency ({args.runs} runs)")
+    say(t0, f"bootstrap ({args.n_boot} replicates) and latency ({args.runs} runs)")
     latency = [latency_ms(plan.path("student_int8", s), args.runs) for s in seeds]
     footprints = {m: {**footprint(m, plan.path(m, seeds[0]), cards[m]),
                       "paths": [str(plan.path(m, s)) for s in seeds]} for m in MODELS}
@@ -714,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                            "load_average": list(os.getloadavg()),
                            "python": platform.python_version(),
                            "torch_threads": torch.get_num_threads()})
-    result = _json_safe(result)
+    result = json_safe(result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(render_markdown(result))

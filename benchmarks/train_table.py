@@ -63,7 +63,6 @@ beside it and summed into the JSON ("built_minutes").
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -82,6 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` its
 
 import numpy as np
 
+from benchmarks.runs import digest, run_once, say
 from benchmarks.stats import (
     EventCounts,
     bootstrap_ci,
@@ -94,6 +94,7 @@ from benchmarks.stats import (
 )
 from edge_runtime.events import DecoderConfig, Event, decode_events
 from edge_runtime.metrics import HIGH_SNR_KEY, frame_average_precision
+from train.evaluate import json_safe
 
 SPLITS = ("test", "shift")
 BUDGET_TITLES = {"train_1pct": "1 %", "train_5pct": "5 %", "train_10pct": "10 %",
@@ -363,7 +364,7 @@ def assemble(systems: Mapping[str, System], labels: Sequence[str], budgets: Sequ
               "gate": {"passed": gate_passed, **({k: gate[k] for k in ("mean", "lo", "hi")}
                                                   if gate else {})},
               "claims": claims, "targets": targets(rows)}
-    return _json_safe(result)
+    return json_safe(result)
 
 
 def _pct(fraction: float) -> str:
@@ -444,18 +445,6 @@ def targets(rows: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "lo": cell.get("lo"), "hi": cell.get("hi"), "bound": bound,
                     "verdict": judge(cell.get("lo"), cell.get("hi"), bound)})
     return out
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 # ========================================================================= pure: formatting ==
@@ -543,48 +532,6 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 
 
 # ============================================================================ runs (costly) ==
-def _say(t0: float, message: str) -> None:
-    print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {message}", file=sys.stderr, flush=True)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _marker(path: Path, kind: str = "done") -> Path:
-    return path.with_name(f"{path.name}.{kind}.json")
-
-
-def _recorded(path: Path, inputs: Mapping[str, Any], kind: str = "done") -> dict | None:
-    """The marker of a run with exactly these inputs, if there is one (and its output)."""
-    try:
-        record = json.loads(_marker(path, kind).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    ok = record.get("inputs") == json.loads(json.dumps(inputs))
-    return record if ok and (kind != "done" or path.is_file()) else None
-
-
-def run_once(path: Path, inputs: Mapping[str, Any], command: str,
-             build: Callable[[bool], Any]) -> float:
-    """Build `path` unless a finished run with the same inputs left it; returns the minutes
-    its build took (now or back then). `build(resume)`: resume is True when an unfinished run
-    with the same inputs was started before (its checkpoint is then picked up)."""
-    done = _recorded(path, inputs)
-    if done is not None:
-        return float(done.get("minutes", 0.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    resume = _recorded(path, inputs, "started") is not None
-    _marker(path, "started").write_text(json.dumps({"inputs": inputs}, indent=2))
-    t0 = time.perf_counter()
-    build(resume)
-    minutes = (time.perf_counter() - t0) / 60
-    _marker(path).write_text(json.dumps({"inputs": inputs, "minutes": minutes,
-                                         "command": command}, indent=2) + "\n")
-    _marker(path, "started").unlink(missing_ok=True)
-    return minutes
-
-
 SEED = "$s"  # the loop variable of the printed commands
 _SEED_TOKEN = "SEEDTOKEN"
 
@@ -735,14 +682,14 @@ def build_pretrained(plan: Plan, seed: int, progress: bool, t0: float) -> float:
     path = plan.pretrained(seed)
 
     def build(resume: bool) -> None:
-        _say(t0, f"seed {seed}: pretraining ({plan.pretrain_steps} steps"
+        say(t0, f"seed {seed}: pretraining ({plan.pretrain_steps} steps"
                  f"{', resumed' if resume else ''})")
         pretrain(RunOptions(plan.data, path.parent, ("pretrain", "train"), plan.clip_s, seed,
                             resume, checkpoint_every=max(10, plan.pretrain_steps // 5),
                             progress=progress),
                  ModelConfig.tiny(), plan.pretrain_config(), Runtime(torch.device("cpu")))
 
-    return run_once(path, {"data": _digest(plan.data / "synth.json"), "seed": seed,
+    return run_once(path, {"data": digest(plan.data / "synth.json"), "seed": seed,
                            "config": plan.pretrain_config().to_dict(), "clip_s": plan.clip_s},
                     plan.pretrain_command(seed), build)
 
@@ -757,7 +704,7 @@ def build_probe(plan: Plan, kind: str, seed: int, t0: float) -> float:
     path = plan.probe(kind, seed)
 
     def build(_: bool) -> None:
-        _say(t0, f"seed {seed}: linear probe of the {kind} model")
+        say(t0, f"seed {seed}: linear probe of the {kind} model")
         pre, _ = load_model(plan.pretrained(seed))
         dataset = Dataset(plan.data, sample_rate=pre.config.sample_rate)
         train = select_files(dataset, "train")
@@ -767,7 +714,7 @@ def build_probe(plan: Plan, kind: str, seed: int, t0: float) -> float:
                        plan.clip_s, seed=seed, keep_tracks=True)
         _save_tracks(path, *report["splits"]["test"]["tracks"])
 
-    return run_once(path, {"pretrained": _digest(plan.pretrained(seed)), "kind": kind,
+    return run_once(path, {"pretrained": digest(plan.pretrained(seed)), "kind": kind,
                            "seed": seed, "clip_s": plan.clip_s},
                     plan.probe_command(kind, seed), build)
 
@@ -789,16 +736,16 @@ def build_teacher(plan: Plan, budget: str, seed: int, progress: bool, t0: float,
         what = "from scratch" if recipe is None else f"from pretraining ({recipe})"
         extra = "" if heads == "none" else f", {heads} heads" + (
             f", {_pct(frac)} of metadata hidden" if frac else "")
-        _say(t0, f"seed {seed}: finetuning {what} on {budget}{extra} ({plan.finetune_steps} "
+        say(t0, f"seed {seed}: finetuning {what} on {budget}{extra} ({plan.finetune_steps} "
                  f"steps{', resumed' if resume else ''})")
         finetune(RunOptions(plan.data, path.parent, (_selection(budget),), plan.clip_s, seed,
                             resume, checkpoint_every=max(10, plan.finetune_steps // 5),
                             progress=progress),
                  ModelConfig.tiny(), config, Runtime(torch.device("cpu")), init=init)
 
-    inputs = {"data": _digest(plan.data / "synth.json"), "seed": seed, "budget": budget,
+    inputs = {"data": digest(plan.data / "synth.json"), "seed": seed, "budget": budget,
               "config": config.to_dict(), "clip_s": plan.clip_s,
-              "init": None if init is None else _digest(init)}
+              "init": None if init is None else digest(init)}
     return run_once(path, inputs, plan.finetune_command(budget, seed, recipe, heads, frac), build)
 
 
@@ -809,10 +756,10 @@ def build_student(plan: Plan, budget: str, seed: int, progress: bool, t0: float)
     config = plan.distill_config(budget, seed)
 
     def build(_: bool) -> None:
-        _say(t0, f"seed {seed}: label-only student on {budget} ({plan.distill_steps} steps)")
+        say(t0, f"seed {seed}: label-only student on {budget} ({plan.distill_steps} steps)")
         distill(None, plan.data, path, config, progress=progress)
 
-    return run_once(path, {"data": _digest(plan.data / "synth.json"), **config.to_dict()},
+    return run_once(path, {"data": digest(plan.data / "synth.json"), **config.to_dict()},
                     plan.distill_command(budget, seed), build)
 
 
@@ -864,7 +811,7 @@ def model_tracks(plan: Plan, model: Path, split: str, command: str
                                            card.frame_rate_hz) for f, p in probs.items()}
         _save_tracks(out, probs, targets)
 
-    minutes = run_once(out, {"model": _digest(model), "split": split, "files": files,
+    minutes = run_once(out, {"model": digest(model), "split": split, "files": files,
                              "clip_s": plan.clip_s}, command, build)
     probs, targets = _load_tracks(out)
     return probs, targets, card, minutes
@@ -967,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.finetune_steps, args.distill_steps, args.arch)
     budgets = (*BUDGET_SUBSETS, "train")
     if not (plan.data / "synth.json").is_file():
-        _say(t0, f"generating synth '{args.preset}' into {plan.data}")
+        say(t0, f"generating synth '{args.preset}' into {plan.data}")
         generate(SynthConfig.preset(args.preset), plan.data, workers=2, force=True,
                  progress=False)
 
@@ -989,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher(budgets[0], seeds[0], recipe=name)
     val_scores = {name: _val_ap(plan.teacher(budgets[0], seeds[0], name)) for name in candidates}
     chosen = choose_recipe(val_scores)
-    _say(t0, f"from-pretrained recipe: {chosen} (val AP {val_scores})")
+    say(t0, f"from-pretrained recipe: {chosen} (val AP {val_scores})")
     for seed in seeds:
         for budget in budgets:
             teacher(budget, seed)
@@ -1005,7 +952,7 @@ def main(argv: list[str] | None = None) -> int:
                         if "non-finite loss" not in str(err):
                             raise
                         unstable.setdefault(f"meta/{heads}@{frac:g}", f"seed {seed}: {err}")
-                        _say(t0, f"unstable: {err}")
+                        say(t0, f"unstable: {err}")
 
     # -- scoring
     commands = {"data": f"meerkit synth {plan.data} --preset {args.preset} --seed 0",
@@ -1031,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             system.val_macro_ap.append(_val_ap(path))
             for split in splits:
-                _say(t0, f"seed {seed}: scoring {key} on {split}")
+                say(t0, f"seed {seed}: scoring {key} on {split}")
                 probs, targets, card, minutes = model_tracks(plan, path, split, command)
                 built[plan.tracks(path, split)] = minutes
                 system.runs[split].append(score_model(plan, probs, targets, card))
@@ -1070,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
                 {s: plan.teacher("train", s, heads=heads, frac=frac) for s in missing_seeds},
                 list(SPLITS))
 
-    _say(t0, f"bootstrap ({args.n_boot} replicates)")
+    say(t0, f"bootstrap ({args.n_boot} replicates)")
     recipe = {"budget": budgets[0], "seed": seeds[0], "chosen": chosen,
               "rule": "highest val frame macro AP of the run's own best checkpoint; ties to "
                       "the first listed",
@@ -1089,7 +1036,7 @@ def main(argv: list[str] | None = None) -> int:
                            "python": platform.python_version(),
                            "torch_threads": torch.get_num_threads()})
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
+    out.write_text(json.dumps(json_safe(result), indent=2) + "\n")
     print(render_markdown(result))
     print(f"\nwrote {out} ({result['minutes']:.1f} min this run; the runs took "
           f"{result['built_minutes']:.1f} min when built)")

@@ -111,11 +111,11 @@ def evaluate_model(model: FrameModel, dataset: Dataset, files: Sequence[str], cl
     return score_files(dataset, probs, targets, frame_rate_hz, decoder, iou), probs, targets
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float | np.floating):
         return None if math.isnan(value) else float(value)
     if isinstance(value, np.integer):
@@ -125,7 +125,7 @@ def _json_safe(value: Any) -> Any:
 
 def write_report(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    path.write_text(json.dumps(json_safe(report), indent=2) + "\n")
 
 
 def plot_pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], labels: Sequence[str],
