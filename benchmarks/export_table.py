@@ -81,12 +81,13 @@ import numpy as np
 
 from benchmarks.runs import digest, run_once, say
 from benchmarks.stats import (
+    VERDICTS,
     EventCounts,
     bootstrap_ci,
     event_counts_by_file,
     event_f1_micro,
     event_recall_high_snr,
-    format_ci,
+    format_interval,
     frame_macro_ap,
     paired_bootstrap_diff,
 )
@@ -286,18 +287,6 @@ def assemble(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
 
 
 # ========================================================================= pure: formatting ==
-VERDICTS = {"met": "met", "missed": "**MISSED**",
-            "inconclusive": "inconclusive (the CI spans the bound)",
-            "undefined": "undefined (nothing to score)"}
-
-
-def format_interval(interval: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """'0.412 [0.391, 0.433]'; 'n/a' where the metric is undefined."""
-    if not interval or interval.get("mean") is None:
-        return "n/a"
-    if interval.get("lo") is None or interval.get("hi") is None:
-        return f"{interval['mean']:.{digits}f}"
-    return format_ci(interval["mean"], interval["lo"], interval["hi"], digits)
 
 
 def claim_texts(claim: Mapping[str, Any]) -> tuple[str, str]:

@@ -285,3 +285,17 @@ def event_recall_high_snr(items: Sequence[EventCounts], weights: np.ndarray) -> 
     """Event recall at >= 10 dB SNR on the drawn files; nan where no such call was drawn."""
     n, matched = (weights @ np.stack([it.high_snr for it in items])).astype(np.float64).T
     return np.divide(matched, n, out=np.full_like(n, np.nan), where=n > 0)
+
+
+VERDICTS = {"met": "met", "missed": "**MISSED**",
+            "inconclusive": "inconclusive (the CI spans the bound)",
+            "undefined": "undefined (nothing to score)"}
+
+
+def format_interval(cell: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """A JSON interval {"mean", "lo", "hi"} as '0.412 [0.391, 0.433]'; 'n/a' where undefined."""
+    if not cell or cell.get("mean") is None:
+        return "n/a"
+    if cell.get("lo") is None or cell.get("hi") is None:
+        return f"{cell['mean']:.{digits}f}"
+    return format_ci(cell["mean"], cell["lo"], cell["hi"], digits)

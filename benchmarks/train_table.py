@@ -83,12 +83,14 @@ import numpy as np
 
 from benchmarks.runs import digest, run_once, say
 from benchmarks.stats import (
+    VERDICTS,
     EventCounts,
     bootstrap_ci,
     event_counts_by_file,
     event_f1_micro,
     event_recall_high_snr,
     format_ci,
+    format_interval,
     frame_macro_ap,
     paired_bootstrap_diff,
 )
@@ -448,18 +450,6 @@ def targets(rows: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ========================================================================= pure: formatting ==
-TARGET_VERDICTS = {"met": "met", "missed": "**MISSED**",
-                   "inconclusive": "inconclusive (the CI spans the bound)",
-                   "undefined": "undefined (nothing to score)"}
-
-
-def format_interval(cell: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """'0.412 [0.391, 0.433]'; 'n/a' where undefined."""
-    if not cell or cell.get("mean") is None:
-        return "n/a"
-    if cell.get("lo") is None or cell.get("hi") is None:
-        return f"{cell['mean']:.{digits}f}"
-    return format_ci(cell["mean"], cell["lo"], cell["hi"], digits)
 
 
 def _num(value: float | None) -> str:
@@ -517,7 +507,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         lines += ["", "### DESIGN.md targets", "", "| target | measured | bound | verdict |",
                   "|---|---|---|---|"]
         lines += [f"| {t['what']} | {format_interval(t)} | >= {t['bound']:g} | "
-                  f"{TARGET_VERDICTS[t['verdict']]} |" for t in result["targets"]]
+                  f"{VERDICTS[t['verdict']]} |" for t in result["targets"]]
     recipe = result.get("recipe")
     if recipe:
         scores = ", ".join(f"{name} {_num(c['val_macro_ap'])}"
