@@ -198,7 +198,10 @@ def test_int8_agrees_with_the_fp32_student_on_held_out_audio(env, int8):
     # differences are frames within ~0.1 logit of a threshold.
     assert agree["decision_agreement"] >= 0.99, agree
     assert agree["frame_agreement"] >= 0.95, agree
-    assert agree["correlation"] > 0.99 and agree["max_abs_logit_diff"] < 0.5
+    # Bounded in probability, where decisions are made: the label term is normalised by
+    # positives now, so logits reach larger magnitudes where an int8 step is coarser in logit
+    # units (max 0.64 logit seen) but not in probability.
+    assert agree["correlation"] > 0.99 and agree["max_abs_diff"] < 0.1, agree
     onnx = report["agreement"]["onnx_vs_pytorch"]
     assert onnx["max_abs_logit_diff"] < 1e-4
     assert {"artifact", "pytorch", "onnx", "teacher"} <= set(report["models"])

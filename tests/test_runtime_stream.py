@@ -212,4 +212,8 @@ def test_event_times_follow_the_wall_clock_when_the_sound_card_drifts(model):
     assert late
     for d in late:  # without re-anchoring these would be >= 0.2 s early
         burst = min(bursts, key=lambda b: abs(b[0] - d.stream_start_s))
-        assert abs(d.start - card.wall(burst[0])) < 0.1, (d.start - card.wall(burst[0]))
+        # Re-anchoring follows the capture wall clock, and a busy machine only ever delays a
+        # capture, so times may come out late by the scheduling lag (0.13 s seen under load)
+        # but never early. TODO(issue 12): an injected clock would make this exact.
+        error = d.start - card.wall(burst[0])
+        assert -0.1 < error < 0.25, error
