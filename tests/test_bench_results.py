@@ -58,7 +58,7 @@ def _train_result() -> dict:
     """What benchmarks/train_table.py writes, from two seeds of synthetic tracks."""
     import numpy as np
 
-    from benchmarks.train_table import Scored, System, assemble
+    from benchmarks.train_claims import Scored, System, assemble
 
     rng = np.random.default_rng(0)
     targets = {f"f{k}.wav": (rng.random((40, 2)) < 0.2).astype(np.float32) for k in range(12)}

@@ -10,9 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from benchmarks.train_table import (
+from benchmarks.train_claims import (
     NO_GATE,
-    Plan,
     System,
     assemble,
     choose_recipe,
@@ -24,6 +23,7 @@ from benchmarks.train_table import (
     seed_report,
     summarise,
 )
+from benchmarks.train_table import Plan
 from edge_runtime.events import Event, decode_events, events_to_frames
 from edge_runtime.metrics import event_recall_by_snr, event_scores, frame_average_precision
 from train.config import FinetuneConfig
