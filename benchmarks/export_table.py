@@ -91,7 +91,7 @@ from benchmarks.stats import (
     frame_macro_ap,
     paired_bootstrap_diff,
 )
-from edge_runtime.events import DecoderConfig, Event, decode_events
+from edge_runtime.contract.events import DecoderConfig, Event, decode_events
 from train.evaluate import json_safe
 
 MODELS = ("teacher", "student_fp32", "student_int8", "baseline")
@@ -453,7 +453,7 @@ class Runner:
     """One model as the verify machinery runs it: window function, stitching, card."""
 
     window_fn: Callable
-    card: Any  # edge_runtime.card.ModelCard
+    card: Any  # edge_runtime.contract.card.ModelCard
 
     @classmethod
     def load(cls, model: str, path: Path) -> Runner:
@@ -497,7 +497,7 @@ def model_tracks(plan: Plan, model: str, seed: int, split: str, progress: bool
 
 def score_model(plan: Plan, logits: Mapping[str, np.ndarray], card: Any) -> Scored:
     """Per-file items, checked against export.verify's scoring of the same tracks."""
-    from edge_runtime.events import events_to_frames
+    from edge_runtime.contract.events import events_to_frames
     from export.backends import sigmoid
     from export.verify import score_tracks as verify_score
     from train.data.dataset import Dataset
@@ -524,8 +524,8 @@ def score_model(plan: Plan, logits: Mapping[str, np.ndarray], card: Any) -> Scor
 def latency_ms(path: Path, runs: int) -> dict[str, float]:
     """Median single-thread latency of one window, as ms per audio second (one window per
     hop when streaming): interpreter alone, numpy log-mel front end, and both."""
-    from edge_runtime.card import read_card
-    from edge_runtime.frontend import logmel
+    from edge_runtime.contract.card import read_card
+    from edge_runtime.contract.frontend import logmel
     from export.backends import TFLiteRunner
 
     card = read_card(path)
@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from edge_runtime.errors import UserError
+    from edge_runtime.contract.errors import UserError
 
     try:
         sys.exit(main())

@@ -54,8 +54,8 @@ def pretrain_args(args: argparse.Namespace, data: Path, run: Path) -> list[str]:
 
 def run_configs(cli: list[str]):
     """The (model, pretrain) configs the training command will use, parsed by its own CLI."""
+    from meerkit.cli import build_parser
     from train.cli import _configs
-    from train.umbrella import build_parser
 
     return _configs(build_parser().parse_args(["train", *cli]), "pretrain")
 

@@ -39,7 +39,7 @@ import json, sys, time
 from edge_runtime.cli import run  # first: it pins numpy's BLAS to one thread, as on a device
 import numpy as np
 from edge_runtime.config import load_config
-from edge_runtime.model import TFLiteModel
+from edge_runtime.contract.model import TFLiteModel
 
 model_path, wav, threads, hop = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 cfg = load_config(None, {"model": {"path": model_path, "threads": str(threads), "hop_s": str(hop)},
@@ -81,7 +81,7 @@ def build_student_like_tflite(path: Path, classes: int = 6, channels: int = 96,
 
     import tensorflow as tf
 
-    from edge_runtime.card import ModelCard, Quantization
+    from edge_runtime.contract.card import ModelCard, Quantization
     from export.card import embed_card_tflite
     from export.student import default_frontend
 
@@ -130,7 +130,7 @@ def build_student_like_tflite(path: Path, classes: int = 6, channels: int = 96,
 def long_wav(path: Path, seconds: float, sample_rate: int) -> None:
     from conftest import burst_audio
 
-    from edge_runtime.wav import write_wav
+    from edge_runtime.contract.wav import write_wav
 
     bursts = [(1.0 + 2.0 * k, 0.3, 0.3 if k % 2 else 0.95) for k in range(int(seconds // 2) - 1)]
     write_wav(path, burst_audio(seconds, bursts, sample_rate), sample_rate)
@@ -175,8 +175,8 @@ def latency(model: Path, wav: Path, hop: float, workdir: Path) -> dict:
 
 
 def bench_model(model: Path, label: str, args: argparse.Namespace, tmp: Path) -> dict:
-    from edge_runtime.card import read_card
-    from edge_runtime.model import model_geometry
+    from edge_runtime.contract.card import read_card
+    from edge_runtime.contract.model import model_geometry
 
     card = read_card(model)
     hop = args.hop_s or card.hop_s

@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import Event
-from edge_runtime.metrics import HIGH_SNR_KEY, event_recall_by_snr, event_scores
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import Event
+from edge_runtime.contract.metrics import HIGH_SNR_KEY, event_recall_by_snr, event_scores
 
 Metric = Callable[[Sequence[Any], np.ndarray], np.ndarray]
 SeedData = Mapping[str, Any]  # file -> that file's item, for one training seed
@@ -162,7 +162,7 @@ def per_draw(fn: Callable[[list[Any]], float]) -> Metric:
 
 def frame_macro_ap(items: Sequence[tuple[np.ndarray, np.ndarray]], weights: np.ndarray
                    ) -> np.ndarray:
-    """Frame macro AP (`edge_runtime.metrics.frame_average_precision`'s "macro") on the pooled
+    """Frame macro AP (`edge_runtime.contract.metrics.frame_average_precision`'s "macro") on the pooled
     frames of the drawn files; items are (probs (frames, C), targets (frames, C)) per file."""
     probs = [np.asarray(p) for p, _ in items]
     scores = np.concatenate(probs)

@@ -25,8 +25,8 @@ from benchmarks.stats import (
     frame_macro_ap,
     paired_bootstrap_diff,
 )
-from edge_runtime.events import DecoderConfig, Event, decode_events
-from edge_runtime.metrics import HIGH_SNR_KEY, frame_average_precision
+from edge_runtime.contract.events import DecoderConfig, Event, decode_events
+from edge_runtime.contract.metrics import HIGH_SNR_KEY, frame_average_precision
 from train.evaluate import json_safe
 
 SPLITS = ("test", "shift")

@@ -95,7 +95,7 @@ from benchmarks.train_claims import (
     score_tracks,
     seed_report,
 )
-from edge_runtime.metrics import HIGH_SNR_KEY
+from edge_runtime.contract.metrics import HIGH_SNR_KEY
 from train.evaluate import json_safe
 
 # ============================================================================ runs (costly) ==
@@ -351,7 +351,7 @@ def model_tracks(plan: Plan, model: Path, split: str, command: str
     """(probabilities and targets per file, the model's card, minutes they took): a teacher
     over consecutive clips (as it was validated), a student over its deployment windows;
     cached beside the model, keyed by its digest."""
-    from edge_runtime.events import events_to_frames
+    from edge_runtime.contract.events import events_to_frames
     from export.backends import geometry, sigmoid, track_files
     from export.source import load_source
     from train.data.dataset import Dataset
@@ -611,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from edge_runtime.errors import UserError
+    from edge_runtime.contract.errors import UserError
 
     try:
         sys.exit(main())

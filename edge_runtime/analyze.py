@@ -53,12 +53,12 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.audio import Conformer, Put, WavSource, recording_start
-from edge_runtime.errors import UserError
-from edge_runtime.events import DecoderConfig, Event, StreamingDecoder
-from edge_runtime.model import TFLiteModel, model_geometry
-from edge_runtime.raven import format_number, table_name, write_selection_table
-from edge_runtime.stream import iso_utc
-from edge_runtime.windows import WindowedStream
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import DecoderConfig, Event, StreamingDecoder
+from edge_runtime.contract.model import TFLiteModel, model_geometry
+from edge_runtime.contract.raven import table_name, write_selection_table
+from edge_runtime.contract.times import format_number, iso_utc
+from edge_runtime.contract.windows import WindowedStream
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from edge_runtime import wav
-from edge_runtime.errors import UserError
+from edge_runtime.contract import wav
+from edge_runtime.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -55,9 +55,9 @@ from edge_runtime.config import (
     read_password,
     suggest,
 )
-from edge_runtime.errors import UserError
-from edge_runtime.events import DecoderConfig
-from edge_runtime.model import TFLiteModel, model_geometry
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import DecoderConfig
+from edge_runtime.contract.model import TFLiteModel, model_geometry
 from edge_runtime.stream import Detector, Pipeline, detection_message
 
 log = logging.getLogger("edge_runtime")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.wav import write_wav
 from edge_runtime.stream import Detection
-from edge_runtime.wav import write_wav
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 

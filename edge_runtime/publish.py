@@ -39,9 +39,9 @@ import time
 from typing import Any, Protocol, TextIO
 
 from edge_runtime.config import MqttConfig
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.times import iso_utc
 from edge_runtime.outbox import FULL, STORED, Outbox
-from edge_runtime.stream import iso_utc
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
   incoming block is dropped and counted (status: `dropped_audio_s`, `overruns`). Files read
   as fast as possible wait instead (back-pressure): there is no sound card to keep up with.
 * `Detector` (no threads) turns model-rate mono audio into `Detection`s with
-  `edge_runtime.windows.WindowedStream` + `edge_runtime.events.StreamingDecoder` — the same
+  `edge_runtime.contract.windows.WindowedStream` + `edge_runtime.contract.events.StreamingDecoder` — the same
   objects the offline tools use, so a replayed file gives the offline events. A gap in the
   input (dropped audio) ends the current segment (its events are closed) and starts a new
   one at the right time: event times never slide after an overrun.
@@ -23,15 +23,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from edge_runtime.audio import Conformer, Source
-from edge_runtime.card import ModelCard
-from edge_runtime.events import DecoderConfig, Event, StreamingDecoder
-from edge_runtime.windows import WindowedStream, WindowFn, WindowGeometry
+from edge_runtime.contract.card import ModelCard
+from edge_runtime.contract.events import DecoderConfig, Event, StreamingDecoder
+from edge_runtime.contract.times import iso_utc
+from edge_runtime.contract.windows import WindowedStream, WindowFn, WindowGeometry
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +122,6 @@ class Detection:
 def event_id(device_id: str, model_sha256: str, label: str, onset_sample: int) -> str:
     key = f"{device_id}\n{model_sha256}\n{label}\n{onset_sample}".encode()
     return hashlib.sha256(key).hexdigest()[:16]
-
-
-def iso_utc(t: float) -> str:
-    """Unix time -> ISO 8601 UTC with millisecond precision, e.g. 2024-01-31T23:59:59.123Z."""
-    when = datetime.fromtimestamp(round(t, 3), timezone.utc)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def detection_message(d: Detection, card: ModelCard, device_id: str, site: str = "",

@@ -3,6 +3,6 @@ verify)."""
 
 import sys
 
-from train.umbrella import main
+from meerkit.cli import main
 
 sys.exit(main(["export", *sys.argv[1:]]))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 SHIFT_MODES = ("circular", "zero")
 MASK_FILLS = ("zero", "mean")

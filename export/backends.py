@@ -1,7 +1,7 @@
 """One window function per backend -- PyTorch, ONNX Runtime, TFLite -- all with the contract of
-`edge_runtime.windows`: audio windows (batch, samples) float32 -> frame logits (batch, frames,
+`edge_runtime.contract.windows`: audio windows (batch, samples) float32 -> frame logits (batch, frames,
 classes). Log-mel artifacts get their features from the numpy front end, exactly as the field
-runtime computes them. Whole files are stitched with `edge_runtime.windows.track`, so every
+runtime computes them. Whole files are stitched with `edge_runtime.contract.windows.track`, so every
 backend sees the same windows and keeps the same frames.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.card import ModelCard
-from edge_runtime.errors import UserError
-from edge_runtime.frontend import logmel
-from edge_runtime.windows import WindowFn, WindowGeometry, track
+from edge_runtime.contract.card import ModelCard
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.frontend import logmel
+from edge_runtime.contract.windows import WindowFn, WindowGeometry, track
 
 
 def geometry_for(sample_rate: int, window_s: float, hop_s: float, frame_rate_hz: float
@@ -86,7 +86,7 @@ def onnx_window_fn(path: str | Path, card: ModelCard, threads: int = 1) -> Windo
 class TFLiteRunner:
     """Interpreter on card-less bytes (a conversion result before its card is embedded): one
     float input, one float output, static shapes. Carded artifacts run through
-    `edge_runtime.model.TFLiteModel`, as on the device."""
+    `edge_runtime.contract.model.TFLiteModel`, as on the device."""
 
     def __init__(self, model: str | Path | bytes, threads: int = 1):
         try:
@@ -118,7 +118,7 @@ class TFLiteRunner:
 def tflite_window_fn(path: str | Path, card: ModelCard, threads: int = 1) -> WindowFn:
     """Through the field runtime's own `TFLiteModel` (card checks, numpy front end, interpreter
     call), returning logits rather than its probabilities."""
-    from edge_runtime.model import TFLiteModel
+    from edge_runtime.contract.model import TFLiteModel
 
     model = TFLiteModel(path, threads)
 

@@ -1,5 +1,5 @@
 """Embed a model card into artifacts: a TFLite `Model.metadata` entry or ONNX metadata_props,
-both under `CARD_KEY` (read back by `edge_runtime.card.read_card`)."""
+both under `CARD_KEY` (read back by `edge_runtime.contract.card.read_card`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.card import CARD_KEY, ModelCard
+from edge_runtime.contract.card import CARD_KEY, ModelCard
 
 
 def _schema():
@@ -58,7 +58,7 @@ def embed_card_onnx(onnx_model, card: ModelCard) -> None:
 def read_card_onnx(path: Path) -> ModelCard:
     import onnx
 
-    from edge_runtime.errors import UserError
+    from edge_runtime.contract.errors import UserError
 
     model = onnx.load(str(path), load_external_data=False)
     for prop in model.metadata_props:

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 
 def _threads(args: argparse.Namespace) -> None:

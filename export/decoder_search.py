@@ -3,7 +3,7 @@
 Thresholds chosen for frame F1 sit low (0.1-0.2): a class whose probability idles on a low
 plateau is then "on" for minutes and comes out as back-to-back max-duration events. Event F1
 is the number we report, so `tune_decoder` chooses each label's threshold, hysteresis, minimum
-duration and merge gap (`edge_runtime.events.DecoderConfig`) to maximise it.
+duration and merge gap (`edge_runtime.contract.events.DecoderConfig`) to maximise it.
 
 How, per class (decoding is per class, so classes are searched independently):
 * the class's tracks of all files are laid end to end with zero frames between them (a zero
@@ -35,14 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.card import LabelDecoder, UndetectableLabel
-from edge_runtime.errors import UserError
-from edge_runtime.events import DecoderConfig, Event, active_frames, decode_events
-from edge_runtime.metrics import event_scores
+from edge_runtime.contract.card import LabelDecoder, UndetectableLabel
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import DecoderConfig, Event, active_frames, decode_events
+from edge_runtime.contract.metrics import event_scores
 
 log = logging.getLogger(__name__)
 
-_EPS_FRAMES = 1e-9  # as edge_runtime.events turns seconds into whole frames
+_EPS_FRAMES = 1e-9  # as edge_runtime.contract.events turns seconds into whole frames
 _MAX_CELLS = 4_000_000  # (frames x thresholds) decoded at once: ~32 MB per int64 temporary
 
 

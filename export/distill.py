@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_runtime.errors import UserError
-from edge_runtime.windows import WindowGeometry
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.windows import WindowGeometry
 from export.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def teacher_tracks(teacher, teacher_sha256: str, dataset, files: list[str], wind
     when present."""
     from tqdm import tqdm
 
-    from edge_runtime.windows import track
+    from edge_runtime.contract.windows import track
     from export.backends import torch_window_fn
 
     cfg = teacher.config
@@ -351,7 +351,7 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
         if val_files and (step % eval_every == 0 or step == config.steps):
             probs = val_probs()
             targets = {f: _targets(dataset, f, len(p), frame_rate) for f, p in probs.items()}
-            from edge_runtime.metrics import frame_average_precision
+            from edge_runtime.contract.metrics import frame_average_precision
 
             macro = frame_average_precision(np.concatenate(list(targets.values())),
                                             np.concatenate(list(probs.values())))["macro"]
@@ -397,6 +397,6 @@ def _to_frames(track: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 def _targets(dataset, file: str, n_frames: int, frame_rate: float) -> np.ndarray:
-    from edge_runtime.events import events_to_frames
+    from edge_runtime.contract.events import events_to_frames
 
     return events_to_frames(dataset.events(file), dataset.labels, n_frames, frame_rate)

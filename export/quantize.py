@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.card import ModelCard
-from edge_runtime.errors import UserError
+from edge_runtime.contract.card import ModelCard
+from edge_runtime.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Calibration:
 def calibration_set(data: Path, card: ModelCard, config: CalibrationConfig) -> Calibration:
     """Non-silent windows (the card's window length and hop) of `config.split`, as the
     backbone's input. UserError when there are too few or the audio is silent."""
-    from edge_runtime.frontend import logmel
+    from edge_runtime.contract.frontend import logmel
     from train.data.dataset import Dataset
     from train.data.torch_data import select_files
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge_runtime.card import Frontend, LabelDecoder, ModelCard, UndetectableLabel
-from edge_runtime.errors import UserError
+from edge_runtime.contract.card import Frontend, LabelDecoder, ModelCard, UndetectableLabel
+from edge_runtime.contract.errors import UserError
 
 DEFAULT_TEACHER_WINDOW_S = 2.0
 

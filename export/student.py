@@ -1,5 +1,5 @@
 """Student models for the edge: a log-mel front end (float, torch mirror of
-`edge_runtime.frontend`) and a small convolutional backbone that quantizes cleanly to int8.
+`edge_runtime.contract.frontend`) and a small convolutional backbone that quantizes cleanly to int8.
 
 The backbone uses only what survives full-integer quantization (notes/export-toolchain.md):
 1x1 and depthwise temporal convolutions with BatchNorm (folded at export), ReLU, residual
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_runtime.card import Frontend, LabelDecoder, UndetectableLabel
-from edge_runtime.errors import UserError
-from edge_runtime.frontend import analysis_window, check_frontend, mel_filterbank, padding
+from edge_runtime.contract.card import Frontend, LabelDecoder, UndetectableLabel
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.frontend import analysis_window, check_frontend, mel_filterbank, padding
 from train.model.heads import init_prior_bias
 
 FORMAT = "meerkit-student"
@@ -145,7 +145,7 @@ def default_frontend(sample_rate: int = 16000) -> Frontend:
 
 # ---------------------------------------------------------------- front end (torch mirror)
 class LogMel(nn.Module):
-    """Torch mirror of `edge_runtime.frontend.logmel`, float32: (batch, samples) -> (batch,
+    """Torch mirror of `edge_runtime.contract.frontend.logmel`, float32: (batch, samples) -> (batch,
     frames, n_mels). The STFT is torch.stft (FFT) on the same padding and zero-padded Hann
     window as the numpy front end: student training recomputes features from augmented audio
     every step, where a dense DFT-as-conv cost ~5x more. It never goes into an exported

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.card import ModelCard, Quantization
-from edge_runtime.errors import UserError
+from edge_runtime.contract.card import ModelCard, Quantization
+from edge_runtime.contract.errors import UserError
 from export.card import embed_card_tflite
 from export.source import Source
 

@@ -2,7 +2,7 @@
 
 Every backend -- the artifact (TFLite interpreter or ONNX Runtime), the PyTorch checkpoint it
 was made from, ONNX Runtime on a fresh export of that checkpoint, and the teacher -- runs over
-whole files through `edge_runtime.windows.track`, so all of them see the same windows and keep
+whole files through `edge_runtime.contract.windows.track`, so all of them see the same windows and keep
 the same frames as the field runtime. Reported:
 * agreement with the PyTorch reference: max |p - p_ref|, correlation of logits, and the share
   of frames whose thresholded decisions (card thresholds) are identical;
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.card import ModelCard, read_card
-from edge_runtime.errors import UserError
+from edge_runtime.contract.card import ModelCard, read_card
+from edge_runtime.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def score_tracks(dataset, logits: dict[str, np.ndarray], frame_rate: float,
                  decoder) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Frame AP and event metrics of one backend's tracks, events decoded as the device
     decodes them (`decoder`: the card's `decoder_config()`)."""
-    from edge_runtime.events import events_to_frames
+    from edge_runtime.contract.events import events_to_frames
     from export.backends import sigmoid
     from train.evaluate import score_files
 
@@ -221,7 +221,7 @@ def write_metrics(artifact: Path, card: ModelCard, metrics: dict[str, Any]) -> M
 
 
 def _embedded(data: bytes) -> bool:
-    from edge_runtime.card import CARD_KEY, tflite_metadata
+    from edge_runtime.contract.card import CARD_KEY, tflite_metadata
 
     try:
         return CARD_KEY in tflite_metadata(data)

@@ -37,7 +37,7 @@ def build_energy_tflite(path: Path, sample_rate: int = 16000, window_s: float = 
     tensorflow (tests and benchmarks only; the runtime never imports it)."""
     import tensorflow as tf
 
-    from edge_runtime.card import ModelCard
+    from edge_runtime.contract.card import ModelCard
     from export.card import embed_card_tflite
 
     window, frames = round(window_s * sample_rate), round(window_s * frame_rate_hz)
@@ -66,7 +66,7 @@ def build_logmel_tflite(path: Path, sample_rate: int = 16000, window_s: float = 
     (label 'a') and minus it (label 'b'). Exercises the runtime's numpy front end."""
     import tensorflow as tf
 
-    from edge_runtime.card import Frontend, ModelCard
+    from edge_runtime.contract.card import Frontend, ModelCard
     from export.card import embed_card_tflite
 
     frontend = Frontend(kind="logmel", n_fft=512, win_length=400, hop_length=320, n_mels=32,
@@ -282,7 +282,7 @@ def energy_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def burst_wav(tmp_path_factory) -> tuple[Path, list[tuple[float, float, float]]]:
-    from edge_runtime.wav import write_wav
+    from edge_runtime.contract.wav import write_wav
 
     bursts = regular_bursts(6.0)
     path = tmp_path_factory.mktemp("audio") / "bursts.wav"

@@ -16,15 +16,15 @@ import pytest
 import soundfile as sf
 
 from edge_runtime.analyze import MANIFEST, AnalyzeConfig, analyze, read_manifest
-from edge_runtime.errors import UserError
-from edge_runtime.events import DecoderConfig, decode_events
-from edge_runtime.model import TFLiteModel, model_geometry
-from edge_runtime.wav import read_wav, write_wav
-from edge_runtime.windows import track
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import DecoderConfig, decode_events
+from edge_runtime.contract.model import TFLiteModel, model_geometry
+from edge_runtime.contract.wav import read_wav, write_wav
+from edge_runtime.contract.windows import track
+from meerkit.cli import main
 from tests.conftest import burst_audio, regular_bursts
 from train.data.importers import import_raven
 from train.data.raven import read_raven_table
-from train.umbrella import main
 
 SR = 16000
 AUDIOMOTH = "20250601_053000.WAV"

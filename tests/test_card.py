@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from edge_runtime.card import LabelDecoder, ModelCard, UndetectableLabel
-from edge_runtime.errors import UserError
+from edge_runtime.contract.card import LabelDecoder, ModelCard, UndetectableLabel
+from edge_runtime.contract.errors import UserError
 
 BASE = dict(name="m", version="1", sha256="0" * 64, sample_rate=16000, window_s=2.0, hop_s=1.0,
             frame_rate_hz=50.0, labels=("bird", "noise"), thresholds=(0.6, 0.3))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.data import cli
 from train.data.annotations import Annotation, read_annotations, write_annotations
 from train.data.audio_io import RESAMPLER
@@ -347,7 +347,7 @@ def test_validate_summary(tmp_path, capsys):
 
 def test_validate_cli_on_bad_dataset_is_one_line_without_traceback(tmp_path):
     make_dataset(tmp_path, annotations="file,start_s,end_s,label\na.wav,3.4,1.2,bark\n")
-    proc = subprocess.run([sys.executable, "-m", "train.umbrella", "data", "validate",
+    proc = subprocess.run([sys.executable, "-m", "meerkit.cli", "data", "validate",
                            str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr

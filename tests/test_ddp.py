@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from meerkit.cli import main
 from train.data.synth import SynthConfig, generate
 from train.engine import ResumableBatches, load_checkpoint
-from train.umbrella import main
 
 STEPS, BATCH = 6, 2  # per process; the reference process takes 2 * BATCH
 REL_TOL, ABS_TOL = 1e-4, 1e-6

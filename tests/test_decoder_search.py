@@ -6,9 +6,9 @@ import logging
 import numpy as np
 import pytest
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import DecoderConfig, Event, decode_events
-from edge_runtime.metrics import event_scores
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import DecoderConfig, Event, decode_events
+from edge_runtime.contract.metrics import event_scores
 from export import decoder_search
 from export.decoder_search import SearchGrid, tune_decoder
 

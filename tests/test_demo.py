@@ -7,7 +7,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from train.demo import (
+from meerkit.demo import (
     SubscriberProcess,
     _cmd,
     _Echo,
@@ -50,7 +50,7 @@ def test_published_equals_stored_through_the_real_subscriber(broker, energy_mode
 def test_a_subscriber_that_cannot_connect_fails_at_once(tmp_path):
     from conftest import free_port
 
-    from edge_runtime.errors import UserError
+    from edge_runtime.contract.errors import UserError
 
     sub = SubscriberProcess([_cmd("meerkit"), "subscribe", "--host", "127.0.0.1", "--port",
                              str(free_port()), "--db", f"sqlite:///{tmp_path / 'd.sqlite'}"])
@@ -83,7 +83,7 @@ def test_summary_parsers_read_the_real_closing_lines():
     assert runtime_summary(["x\n", line]) == {"detections": 7, "real_time_factor": 0.0051,
                                              "published": 5}
     assert runtime_summary(["nothing\n"]) == {}
-    closing = ("INFO edge_runtime.subscriber: subscriber stopped: received 9, stored 7, "
+    closing = ("INFO server.subscriber: subscriber stopped: received 9, stored 7, "
                "duplicates 2, rejected 0; 7 rows in the database\n")
     assert subscriber_duplicates([closing]) == 2
     assert subscriber_duplicates([]) is None

@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import (
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import (
     DecoderConfig,
     Event,
     StreamingDecoder,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.card import read_card
-from edge_runtime.errors import UserError
-from edge_runtime.wav import write_wav
+from edge_runtime.contract.card import read_card
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.wav import write_wav
 from export.augment import AugmentConfig
 from export.backends import onnx_window_fn, tflite_window_fn
 from export.distill import DistillConfig, distill, resample_frames, teacher_tracks
@@ -22,6 +22,7 @@ from export.source import load_source
 from export.student import Student, StudentConfig, load_student
 from export.tflite import check_operators, export_tflite
 from export.verify import verify
+from meerkit.cli import main
 from train.checkpoint import load_model
 from train.config import FinetuneConfig, ModelConfig
 from train.data.dataset import Dataset
@@ -29,7 +30,6 @@ from train.data.synth import LABELS, SynthConfig, generate
 from train.engine import Runtime
 from train.finetune import finetune
 from train.pretrain import RunOptions
-from train.umbrella import main
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_distilled_student_checkpoint_is_complete_and_learned(env):
     assert spec.frontend.kind == "logmel" and spec.frontend.std > 0
     assert record["lineage"]["teacher_sha256"] == weights_sha256(teacher)
     # Frame AP on val far above what an uninformed scorer gets (the positive-frame rate).
-    from edge_runtime.events import events_to_frames
+    from edge_runtime.contract.events import events_to_frames
 
     dataset = Dataset(env.data)
     targets = np.concatenate([events_to_frames(dataset.events(f), LABELS, 250, 50.0)

@@ -9,7 +9,7 @@ import pytest
 from benchmarks import export_table as et
 from benchmarks.results import render
 from benchmarks.stats import frame_macro_ap
-from edge_runtime.events import Event, events_to_frames
+from edge_runtime.contract.events import Event, events_to_frames
 
 LABELS = ("up", "trill")
 RATE = 50.0

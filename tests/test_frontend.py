@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.errors import UserError
-from edge_runtime.frontend import check_frontend, logmel, mel_filterbank
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.frontend import check_frontend, logmel, mel_filterbank
 from export.student import LogMel, default_frontend
 
 SR = 16000

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import Event
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import Event
 from train.data.annotations import Annotation
 from train.data.dataset import Dataset, DatasetError
 from train.data.importers import import_audacity, import_meerkat, import_raven
@@ -226,7 +226,7 @@ def test_import_cli_end_to_end(tmp_path):
     clips = tmp_path / "clips"
     write_audio(clips / "c1.wav", seconds=2.0)
     (clips / "c1.csv").write_text("Name,Start,Duration\ncc,0:00.500,0:00.250\n")
-    cmd = [sys.executable, "-m", "train.umbrella", "data", "import", "meerkat", str(clips),
+    cmd = [sys.executable, "-m", "meerkit.cli", "data", "import", "meerkat", str(clips),
            "--out", str(tmp_path / "ds")]
     ok = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert ok.returncode == 0, ok.stderr
@@ -236,7 +236,7 @@ def test_import_cli_end_to_end(tmp_path):
     assert again.stderr.strip().splitlines() == [
         f"meerkit: error: {tmp_path / 'ds'}: already exists and is not empty; "
         "choose a new --out folder"]
-    out = subprocess.run([sys.executable, "-m", "train.umbrella", "data", "to-raven",
+    out = subprocess.run([sys.executable, "-m", "meerkit.cli", "data", "to-raven",
                           str(tmp_path / "ds"), "--out", str(tmp_path / "raven")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr

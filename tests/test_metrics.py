@@ -3,9 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import Event
-from edge_runtime.metrics import (
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import Event
+from edge_runtime.contract.metrics import (
     HIGH_SNR_KEY,
     average_precision,
     event_recall_by_snr,

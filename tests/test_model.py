@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.config import (
     FinetuneConfig,
     MetadataHeadConfig,

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.config import ModelConfig
 from train.data.dataset import Dataset
 from train.data.synth import SynthConfig, generate

@@ -21,9 +21,9 @@ from edge_runtime.audio import (
     recording_start,
     select_device,
 )
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.wav import read_wav, write_wav
 from edge_runtime.stream import RingBuffer
-from edge_runtime.wav import read_wav, write_wav
 
 
 def collect(source) -> np.ndarray:

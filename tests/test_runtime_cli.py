@@ -11,7 +11,7 @@ import pytest
 from conftest import burst_audio, regular_bursts
 
 from edge_runtime.cli import main
-from edge_runtime.wav import read_wav, write_wav
+from edge_runtime.contract.wav import read_wav, write_wav
 
 T0 = "2024-01-01T00:00:00Z"
 

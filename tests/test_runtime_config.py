@@ -6,7 +6,7 @@ import pytest
 
 from edge_runtime.cli import build_parser, main
 from edge_runtime.config import describe, flag_overrides, load_config, read_password
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 PROFILES = sorted((Path(__file__).resolve().parents[1] / "firmware_configs").glob("*.toml"))
 

@@ -1,4 +1,4 @@
-"""edge_runtime.model: carded TFLite artifacts, shape checks against the card, window function."""
+"""edge_runtime.contract.model: carded TFLite artifacts, shape checks against the card, window function."""
 
 import dataclasses
 import importlib
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import build_logmel_tflite, energy_reference
 
-from edge_runtime.card import Frontend, read_card
-from edge_runtime.errors import UserError
-from edge_runtime.model import TFLiteModel, interpreter_class, model_geometry, sigmoid
+from edge_runtime.contract.card import Frontend, read_card
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.model import TFLiteModel, interpreter_class, model_geometry, sigmoid
 
 
 def test_window_fn_gives_the_models_probabilities(energy_model):
@@ -69,7 +69,7 @@ def test_card_and_interpreter_shapes_must_agree(energy_model, tmp_path):
 
 def test_logmel_artifacts_get_numpy_features(tmp_path):
     pytest.importorskip("tensorflow")
-    from edge_runtime.frontend import logmel
+    from edge_runtime.contract.frontend import logmel
 
     model = TFLiteModel(build_logmel_tflite(tmp_path / "lm.tflite"))
     x = (np.random.default_rng(1).standard_normal((2, 16000)) * 0.1).astype(np.float32)

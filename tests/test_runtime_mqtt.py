@@ -17,15 +17,15 @@ import pytest
 from conftest import Collector, Mosquitto, burst_audio, regular_bursts, start_runtime
 
 from edge_runtime.cli import main
-from edge_runtime.events import DecoderConfig
-from edge_runtime.model import TFLiteModel, model_geometry
+from edge_runtime.contract.events import DecoderConfig
+from edge_runtime.contract.model import TFLiteModel, model_geometry
+from edge_runtime.contract.wav import read_wav
 from edge_runtime.stream import Detector
-from edge_runtime.wav import read_wav
 
 T0 = "2024-01-01T00:00:00Z"
 T0_UNIX = 1704067200.0
 DEVICE = "test-rec"
-SCHEMAS = Path(__file__).resolve().parents[1] / "edge_runtime" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[1] / "edge_runtime" / "contract" / "schemas"
 PASSWORD = "s3cr3t-Pa55word!"  # the TLS broker's password for "recorder" (conftest)
 
 

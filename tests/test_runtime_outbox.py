@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from edge_runtime.outbox import DUPLICATE, FULL, ROW_OVERHEAD, STORED, Outbox
 
 

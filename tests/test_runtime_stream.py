@@ -11,15 +11,16 @@ import pytest
 from conftest import burst_audio, regular_bursts
 
 from edge_runtime.audio import Conformer, Source, StdinSource, WavSource
-from edge_runtime.events import DecoderConfig, decode_events
-from edge_runtime.model import TFLiteModel, model_geometry
+from edge_runtime.contract.events import DecoderConfig, decode_events
+from edge_runtime.contract.model import TFLiteModel, model_geometry
+from edge_runtime.contract.times import iso_utc
+from edge_runtime.contract.wav import write_wav
+from edge_runtime.contract.windows import track
 from edge_runtime.publish import PrintPublisher
-from edge_runtime.stream import Detector, Pipeline, detection_message, event_id, iso_utc
-from edge_runtime.wav import write_wav
-from edge_runtime.windows import track
+from edge_runtime.stream import Detector, Pipeline, detection_message, event_id
 
 T0 = 1704067200.0  # 2024-01-01T00:00:00Z
-SCHEMA = Path(__file__).resolve().parents[1] / "edge_runtime" / "schemas" / "detection.schema.json"
+SCHEMA = Path(__file__).resolve().parents[1] / "edge_runtime" / "contract" / "schemas" / "detection.schema.json"
 DECODER = DecoderConfig(threshold=[0.5, 0.5], hysteresis=0.1, max_duration_s=30.0)
 
 
@@ -113,7 +114,7 @@ def test_pipeline_on_a_file_equals_offline(model, tmp_path):
     path = tmp_path / "a.wav"
     write_wav(path, audio, 16000)
     got, stats = run_pipeline(model, WavSource(path, block_s=0.05))
-    from edge_runtime.wav import read_wav
+    from edge_runtime.contract.wav import read_wav
 
     expected = offline(model, read_wav(path)[0][:, 0])  # the 16-bit file, as offline tools read it
     assert key([_event(d) for d in got]) == key(expected)
@@ -171,7 +172,7 @@ def test_overruns_are_counted_and_times_stay_true(model):
 
 
 def _event(d):
-    from edge_runtime.events import Event
+    from edge_runtime.contract.events import Event
 
     return Event(d.label, d.stream_start_s, d.stream_end_s, d.confidence_max, d.confidence_mean)
 

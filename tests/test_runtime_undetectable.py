@@ -10,10 +10,10 @@ import shutil
 import pytest
 from conftest import burst_audio, regular_bursts
 
-from edge_runtime.card import LabelDecoder, UndetectableLabel, read_card
 from edge_runtime.cli import main
-from edge_runtime.wav import write_wav
-from train.umbrella import main as meerkit
+from edge_runtime.contract.card import LabelDecoder, UndetectableLabel, read_card
+from edge_runtime.contract.wav import write_wav
+from meerkit.cli import main as meerkit
 
 T0 = "2024-01-01T00:00:00Z"
 REASON = "best event F1 0.100 on the tuning files is below 0.2"

@@ -15,9 +15,9 @@ from benchmarks.stats import (
     paired_bootstrap_diff,
     per_draw,
 )
-from edge_runtime.errors import UserError
-from edge_runtime.events import Event
-from edge_runtime.metrics import event_scores, frame_average_precision
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import Event
+from edge_runtime.contract.metrics import event_scores, frame_average_precision
 
 
 def frame_data(rng, n_files=12, frames=40, classes=3, signal=0.3):

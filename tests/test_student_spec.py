@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from edge_runtime.card import LabelDecoder, UndetectableLabel
-from edge_runtime.errors import UserError
+from edge_runtime.contract.card import LabelDecoder, UndetectableLabel
+from edge_runtime.contract.errors import UserError
 from export.source import load_source
 from export.student import StudentConfig, StudentSpec, default_frontend, load_student, save_student
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from export.student import Student, StudentConfig, arch
 
 MELS, CLASSES = 64, 6
@@ -75,7 +75,7 @@ def trained_student(root, name: str, steps: int = 60):
     """A student of `name` trained briefly on the tiny synthetic benchmark's labels (BCE),
     saved as a checkpoint: sharp enough that most frames sit far from the threshold, as in a
     real deployment."""
-    from edge_runtime.frontend import logmel
+    from edge_runtime.contract.frontend import logmel
     from export.student import StudentSpec, default_frontend, save_student
     from train.data.dataset import Dataset
     from train.data.synth import LABELS, SynthConfig, generate
@@ -109,7 +109,7 @@ def trained_student(root, name: str, steps: int = 60):
 @pytest.mark.timeout(900)  # measured 4 min wall (80 s CPU) on two cores shared with others
 @pytest.mark.parametrize("name", ["tcn_small"])
 def test_context_student_converts_to_full_int8_that_agrees_with_pytorch(name, tmp_path):
-    from edge_runtime.frontend import logmel
+    from edge_runtime.contract.frontend import logmel
     from export.backends import TFLiteRunner
     from export.quantize import CalibrationConfig, calibration_set
     from export.source import load_source

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.errors import UserError
-from edge_runtime.stream import event_id, iso_utc
-from edge_runtime.subscriber import (
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.times import iso_utc
+from edge_runtime.stream import event_id
+from server.subscriber import (
     PostgresStore,
     Row,
     SQLiteStore,
@@ -188,7 +189,7 @@ def test_tls_and_credentials(tls_broker, tmp_path):
 
 def test_cli_prints_stored_detections_and_exits(broker, tmp_path):
     db = tmp_path / "cli.sqlite"
-    cmd = [sys.executable, "-m", "train.umbrella", "subscribe", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "meerkit.cli", "subscribe", "--host", "127.0.0.1",
            "--port", str(broker.port), "--db", f"sqlite:///{db}"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

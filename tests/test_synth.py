@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import Event, events_to_frames
-from edge_runtime.wav import read_wav
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import Event, events_to_frames
+from edge_runtime.contract.wav import read_wav
+from meerkit.cli import run
 from train.data import synth_cli
 from train.data.dataset import Dataset
 from train.data.synth import (
@@ -42,7 +43,6 @@ from train.data.synth import (
     subset_name,
     subset_size,
 )
-from train.umbrella import run
 
 TINY = SynthConfig.tiny()
 

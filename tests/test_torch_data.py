@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_runtime.errors import UserError
-from edge_runtime.wav import write_wav
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.wav import write_wav
 from train.config import MetadataHeadConfig
 from train.data.dataset import Dataset
 from train.data.torch_data import ClipDataset, fit_metadata_heads, hidden_metadata

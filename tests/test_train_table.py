@@ -24,8 +24,8 @@ from benchmarks.train_claims import (
     summarise,
 )
 from benchmarks.train_table import Plan
-from edge_runtime.events import Event, decode_events, events_to_frames
-from edge_runtime.metrics import event_recall_by_snr, event_scores, frame_average_precision
+from edge_runtime.contract.events import Event, decode_events, events_to_frames
+from edge_runtime.contract.metrics import event_recall_by_snr, event_scores, frame_average_precision
 from train.config import FinetuneConfig
 
 LABELS = ("up", "down")

@@ -131,7 +131,7 @@ def test_pretraining_resume_is_bit_exact(synth, tmp_path):
 
 
 def test_variance_guard_stops_a_collapsing_run_naming_step_and_value(synth, tmp_path):
-    from edge_runtime.errors import UserError
+    from edge_runtime.contract.errors import UserError
     from train.pretrain import CollapseError
 
     config = pretrain_config(min_target_var=5.0, variance_warmup_steps=2)  # std is never 5

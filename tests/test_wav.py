@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edge_runtime.errors import UserError
-from edge_runtime.wav import read_wav, wav_info, write_wav
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.wav import read_wav, wav_info, write_wav
 
 sf = pytest.importorskip("soundfile")
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from edge_runtime.windows import WindowedStream, WindowGeometry, track
+from edge_runtime.contract.windows import WindowedStream, WindowGeometry, track
 
 
 def fake_model(geometry: WindowGeometry):

@@ -3,6 +3,6 @@ also what `torchrun … -m train pretrain …` runs on every GPU."""
 
 import sys
 
-from train.umbrella import main
+from meerkit.cli import main
 
 sys.exit(main(["train", *sys.argv[1:]]))

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.engine import load_checkpoint, save_checkpoint
 from train.model.animal2vec import Animal2Vec
 

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 def evaluate_command(args: argparse.Namespace) -> int:
     import torch
 
-    from edge_runtime.events import DecoderConfig
+    from edge_runtime.contract.events import DecoderConfig
     from train.checkpoint import load_model
     from train.data.dataset import Dataset
     from train.data.torch_data import select_files

@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 C = TypeVar("C", bound="ConfigBase")
 

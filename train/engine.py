@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.distributed import convert_sync_batchnorm, mean_over_ranks
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Evaluate a frame classifier on a split: frame-level AP (macro, micro, per class), event-level
 P/R/F1 and, where the annotations know each call's SNR, event recall by SNR bucket; computed by
-the same `edge_runtime.metrics` / `edge_runtime.events` code that export verification and the
+the same `edge_runtime.contract.metrics` / `edge_runtime.contract.events` code that export verification and the
 field runtime use. Writes JSON and a PR-curve PNG."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_runtime.events import DecoderConfig, Event, decode_events
-from edge_runtime.metrics import (
+from edge_runtime.contract.events import DecoderConfig, Event, decode_events
+from edge_runtime.contract.metrics import (
     event_recall_by_snr,
     event_scores,
     frame_average_precision,

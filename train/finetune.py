@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.checkpoint import load_model, save_model
 from train.config import FinetuneConfig, ModelConfig
 from train.data.dataset import Dataset

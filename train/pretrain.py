@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.checkpoint import save_model
 from train.config import ModelConfig, PretrainConfig
 from train.data.dataset import Dataset

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.config import ModelConfig
 from train.data.dataset import Dataset
 from train.data.torch_data import ClipDataset, collate

@@ -18,9 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-
-from edge_runtime.errors import UserError, location
+from edge_runtime.contract.errors import UserError, location
+from edge_runtime.contract.times import format_number
 
 REQUIRED_COLUMNS = ("file", "start_s", "end_s", "label")
 OPTIONAL_COLUMNS = ("low_hz", "high_hz", "focal", "snr_db")
@@ -137,11 +136,6 @@ def parse_file(text: str, where: str) -> str:
     if rel.is_absolute() or ".." in rel.parts or (text[1:2] == ":"):
         raise DatasetError(f"{where}: file '{text}' must be a path relative to audio/")
     return rel.as_posix()
-
-
-def format_number(x: float) -> str:
-    """Shortest text that reads back to the same float, never in scientific notation."""
-    return np.format_float_positional(float(x), trim="-")
 
 
 def missing_file_message(where: str, file: str) -> str:

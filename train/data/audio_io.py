@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import events_to_frames
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import events_to_frames
 from train.data.audio_io import audio_info, list_audio
 from train.data.dataset import Dataset
 from train.data.metadata import METADATA_FIELDS

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import UserError, location
-from edge_runtime.events import Event, events_to_frames
+from edge_runtime.contract.errors import UserError, location
+from edge_runtime.contract.events import Event, events_to_frames
 from train.data.annotations import (
     Annotation,
     DatasetError,

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
-from edge_runtime.errors import UserError, location
+from edge_runtime.contract.errors import UserError, location
 from train.data.annotations import (
     Annotation,
     DatasetError,

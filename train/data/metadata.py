@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from edge_runtime.errors import location
+from edge_runtime.contract.errors import location
 from train.data.annotations import (
     DatasetError,
     cell_text,

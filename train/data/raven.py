@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
-from edge_runtime.errors import location
-from edge_runtime.raven import TABLE_SUFFIX, write_selection_table
+from edge_runtime.contract.errors import location
+from edge_runtime.contract.raven import TABLE_SUFFIX, write_selection_table
 from train.data.annotations import DatasetError, fail_or_record
 
 LABEL_COLUMNS = ("species", "annotation", "label", "class", "call type")
@@ -168,7 +168,7 @@ def write_raven_table(
     Raven needs a frequency box: a missing low_hz is written as 0 and a missing high_hz as
     `nyquist_hz` (required if some row lacks high_hz). confidence: add a Confidence column
     (default: if the rows carry confidences, as Events do). The writer is shared with
-    `meerkit analyze` (edge_runtime/raven.py), so both write the same format.
+    `meerkit analyze` (edge_runtime/contract/raven.py), so both write the same format.
     """
     write_selection_table(path, rows, nyquist_hz, label_column, confidence)
 

@@ -17,7 +17,7 @@ from datetime import datetime
 import numpy as np
 import torch
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.config import MetadataHeadConfig
 from train.data.dataset import Clip, Dataset
 from train.data.metadata import Metadata

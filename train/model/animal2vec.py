@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.config import MetadataHeadConfig, ModelConfig
 from train.model.encoder import ConvFeatureEncoder
 from train.model.heads import ClassificationHead, LayerAverage, RegressionHead, masked_mean

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.config import MetadataHeadConfig
 from train.distributed import global_denominator
 from train.model.gradients import grad_reverse

@@ -61,7 +61,7 @@ What is modelled, and why:
 Determinism: the world comes from SeedSequence(seed, spawn_key=(WORLD,)), and every file's
 plan and audio from SeedSequence(seed, spawn_key=(split, index, ...)), so the output is
 byte-identical for any number of workers, and growing one split leaves its other files as
-they were. Files are written with `edge_runtime.wav.write_wav` (not libsndfile, whose float
+they were. Files are written with `edge_runtime.contract.wav.write_wav` (not libsndfile, whose float
 WAVs carry a timestamped PEAK chunk).
 
 `plan_split` plans files (metadata, calls, noise) without rendering audio: it is what tests

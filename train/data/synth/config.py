@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 GENERATOR_VERSION = 2  # bump when the same seed + config would give different output
 LABELS = ("upsweep", "harmonic_down", "trill", "click_train", "noise_burst", "two_note")

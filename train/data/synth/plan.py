@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 from train.data.synth.calls import CALLS, sample_distractor
 from train.data.synth.config import LABELS, SPLIT_KEY, SPLITS, SynthConfig
 from train.data.synth.world import (

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from edge_runtime.events import Event, events_to_frames
+from edge_runtime.contract.events import Event, events_to_frames
 from train.data.synth.config import (
     ANNOTATED_SPLITS,
     LABELS,

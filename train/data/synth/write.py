@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge_runtime.errors import UserError
-from edge_runtime.wav import write_wav
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.wav import write_wav
 from train.data.synth.config import (
     ANNOTATED_SPLITS,
     BUDGET_SUBSETS,

@@ -24,8 +24,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from edge_runtime.card import Frontend
-from edge_runtime.errors import UserError
+from edge_runtime.contract.card import Frontend
+from edge_runtime.contract.errors import UserError
 
 
 def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """`meerkit analyze` (batch detection over recorder SD cards) and `meerkit subscribe` (the
 reference central-server subscriber). The work lives in edge_runtime/analyze.py and
-edge_runtime/subscriber.py (numpy + interpreter / paho only); this module is argparse."""
+server/subscriber.py (numpy + interpreter / paho only); this module is argparse."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def _register_subscribe(subparsers: argparse._SubParsersAction) -> None:
 
 
 def subscribe_handler(args: argparse.Namespace) -> int:
-    from edge_runtime.subscriber import SubscriberConfig, subscribe
+    from server.subscriber import SubscriberConfig, subscribe
 
     cfg = SubscriberConfig(host=args.host, port=args.port, tls=args.tls, ca_file=args.tls_ca,
                            cert_file=args.tls_cert, key_file=args.tls_key,

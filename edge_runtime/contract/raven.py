@@ -14,15 +14,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
+from edge_runtime.contract.times import format_number
 
 TABLE_SUFFIX = ".Table.1.selections.txt"
 VIEW = "Spectrogram 1"
-
-
-def format_number(x: float) -> str:
-    """Shortest text that reads back to the same float, never in scientific notation."""
-    return np.format_float_positional(float(x), trim="-")
 
 
 def table_name(audio_name: str) -> str:

@@ -23,8 +23,8 @@ from itertools import pairwise
 
 import numpy as np
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import Event
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import Event
 
 
 def precision_recall_curve(

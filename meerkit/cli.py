@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 Registrar = Callable[[argparse._SubParsersAction], None]
 
@@ -17,7 +17,7 @@ def _registrars() -> list[Registrar]:
     # Imported lazily so `meerkit --help` stays fast and a missing optional extra
     # (torch, tensorflow) only matters for the command that needs it.
     from export import cli as export_cli
-    from train import apps_cli, demo
+    from meerkit import apps_cli, demo
     from train import cli as train_cli
     from train.data import cli as data_cli
     from train.data import synth_cli

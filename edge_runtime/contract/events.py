@@ -32,7 +32,7 @@ from numbers import Real
 
 import numpy as np
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 _EPS_FRAMES = 1e-9  # tolerance when turning seconds into whole frames
 _EPS_OVERLAP = 1e-6  # events_to_frames: overlaps below this fraction of a frame are float noise

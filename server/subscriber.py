@@ -40,11 +40,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from edge_runtime.errors import UserError
+import edge_runtime.contract
+from edge_runtime.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "detection.schema.json"
+SCHEMA_PATH = Path(edge_runtime.contract.__file__).resolve().parent / "schemas" / "detection.schema.json"
 MAX_PAYLOAD = 64 * 1024
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

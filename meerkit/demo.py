@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.errors import UserError
+from edge_runtime.contract.errors import UserError
 
 BIN = Path(sys.executable).parent
 
@@ -127,7 +127,7 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen | None, str, int]:
 
 def concat_split(data: Path, split: str, out: Path) -> tuple[list[tuple[str, float]], int]:
     """The split's recordings back to back as one stream WAV; returns (file, offset_s) list."""
-    from edge_runtime.wav import write_wav
+    from edge_runtime.contract.wav import write_wav
     from train.data.dataset import Dataset
 
     dataset = Dataset(data)

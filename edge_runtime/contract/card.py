@@ -16,8 +16,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import UserError
-from edge_runtime.events import DecoderConfig
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.events import DecoderConfig
 
 CARD_KEY = "meerkit_card"
 CARD_SCHEMA = 1
@@ -28,7 +28,7 @@ FRONTENDS = ("waveform", "logmel")
 @dataclass(frozen=True)
 class Frontend:
     """How audio becomes the model input. `waveform`: raw samples (batch, samples).
-    `logmel`: the runtime computes log-mel features in numpy (edge_runtime/frontend.py), bit
+    `logmel`: the runtime computes log-mel features in numpy (edge_runtime/contract/frontend.py), bit
     for bit as in training: (batch, frames, n_mels), normalised by `mean`/`std`."""
 
     kind: str = "waveform"
@@ -53,7 +53,7 @@ class Quantization:
 
 @dataclass(frozen=True)
 class LabelDecoder:
-    """How one label's frame probabilities become events (`edge_runtime.events`), chosen on
+    """How one label's frame probabilities become events (`edge_runtime.contract.events`), chosen on
     `val` for event F1 (`export/decoder_search.py`)."""
 
     label: str

@@ -5,7 +5,7 @@ missing), loads the interpreter (ai-edge-litert, else tflite-runtime, else tenso
 imported dynamically so the device never needs tensorflow), checks that the interpreter's
 input and output shapes are what the card promises, and exposes `window_fn(windows)`:
 audio windows (batch, samples) -> frame probabilities (batch, frames, classes), the contract
-of `edge_runtime.windows`. Time spent inside `invoke()` is accumulated in `invoke_s`, so the
+of `edge_runtime.contract.windows`. Time spent inside `invoke()` is accumulated in `invoke_s`, so the
 benchmark can compare end-to-end time with the bare interpreter.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.card import ModelCard, read_card
-from edge_runtime.errors import UserError
-from edge_runtime.windows import WindowGeometry
+from edge_runtime.contract.card import ModelCard, read_card
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.windows import WindowGeometry
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class TFLiteModel:
         self._check_shapes()
         if self.card.frontend.kind == "logmel":
             # Imported only for log-mel artifacts; it is numpy, but waveform models skip it.
-            self._frontend = importlib.import_module("edge_runtime.frontend")
+            self._frontend = importlib.import_module("edge_runtime.contract.frontend")
             self._frontend.check_frontend(self.card.frontend, self.card.sample_rate)
 
     # ------------------------------------------------------------------ checks

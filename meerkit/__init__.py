@@ -1,0 +1,1 @@
+"""The `meerkit` umbrella command and the end-to-end demo."""

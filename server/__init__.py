@@ -1,0 +1,1 @@
+"""The central server: `meerkit subscribe` (MQTT -> SQLite/PostgreSQL)."""
