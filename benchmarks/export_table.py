@@ -64,9 +64,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse
-import json
-import math
-import platform
 import statistics
 import sys
 import time
@@ -79,265 +76,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` its
 
 import numpy as np
 
-from benchmarks.runs import digest, run_once, say
-from benchmarks.stats import (
-    VERDICTS,
-    EventCounts,
-    bootstrap_ci,
-    event_counts_by_file,
-    event_f1_micro,
-    event_recall_high_snr,
-    format_interval,
-    frame_macro_ap,
-    paired_bootstrap_diff,
-)
-from edge_runtime.contract.events import DecoderConfig, Event, decode_events
-from train.evaluate import json_safe
-
-MODELS = ("teacher", "student_fp32", "student_int8", "baseline")
-TITLES = {"teacher": "teacher (tiny, fp32 PyTorch)", "student_fp32": "student fp32 (PyTorch)",
-          "student_int8": "student int8 (TFLite)", "baseline": "label-only student fp32"}
-SPLITS = ("test", "shift")
-METRICS = {"frame_macro_ap": frame_macro_ap, "event_f1": event_f1_micro,
-           "recall_high_snr": event_recall_high_snr}
-AP_SHARE = 0.95  # int8 student AP >= 95 % of the teacher's
-EVENT_F1_TARGET = 0.75
-TEACHER_AP_TARGET = 0.75
-RECALL_TARGET = 0.95
-SIZE_LIMIT_BYTES = 1_000_000
-AGREEMENT_GATE = 0.98
+from benchmarks.export_claims import MODELS, SPLITS, assemble, render_markdown
+from benchmarks.runs import digest, finish, run_once, run_script, say
+from benchmarks.scoring import Scored, score_tracks
+from benchmarks.stats import event_f1_micro, frame_macro_ap
 
 
-# ============================================================================ pure: scoring ==
-@dataclass(frozen=True)
-class Scored:
-    """One model on one split for one seed: what the bootstrap resamples, per file."""
-
-    frames: dict[str, tuple[np.ndarray, np.ndarray]]  # file -> (probs, targets), (frames, C)
-    events: dict[str, EventCounts]  # file -> event matches with the model's own decoder
-
-
-def score_tracks(probs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
-                 reference: Sequence[Event], snr_db: Sequence[float | None],
-                 labels: Sequence[str], frame_rate_hz: float,
-                 decoder: DecoderConfig | None) -> Scored:
-    """Per-file items of one model's probability tracks: events decoded as the device decodes
-    them (`decoder`: the model card's), matched against `reference` (with its SNRs)."""
-    files = list(probs)
-    predicted = [e for f in files
-                 for e in decode_events(probs[f], labels, frame_rate_hz, decoder, file=f)]
-    counts = event_counts_by_file(files, reference, predicted, labels, iou=0.0, snr_db=snr_db)
-    return Scored({f: (probs[f], targets[f]) for f in files}, counts)
-
-
-def _items(runs: Sequence[Scored], metric: str) -> list[dict[str, Any]]:
-    return [r.frames if metric == "frame_macro_ap" else r.events for r in runs]
-
-
-def _factor_ap(items: Sequence[tuple[np.ndarray, np.ndarray, float]], weights: np.ndarray
-               ) -> np.ndarray:
-    """frame_macro_ap times the factor every item of the system carries: (probs, targets,
-    factor). `paired_bootstrap_diff` scores both systems with one metric; tagging the items
-    lets it compute AP(a) - 0.95 x AP(b) on the same draws."""
-    return items[0][2] * frame_macro_ap([(p, t) for p, t, _ in items], weights)
-
-
-def _tagged(runs: Sequence[Scored], factor: float) -> list[dict[str, Any]]:
-    return [{f: (p, t, factor) for f, (p, t) in r.frames.items()} for r in runs]
-
-
-def _finite(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
-def judge(lo: float | None, hi: float | None, bound: float, at_least: bool = True,
-          exact: bool = False) -> str:
-    """Is `value >= bound` (`<=` with at_least=False) shown by the interval [lo, hi]? 'met' when
-    the interval excludes the bound on the right side, 'missed' when it excludes it on the
-    wrong side, 'inconclusive' when it contains it (benchmarks/README.md: a claim holds when its
-    CI excludes 0); 'undefined' without an interval (e.g. no positives to score). `exact`: a
-    figure with no sampling in it (lo == hi), met when it satisfies the inequality."""
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return "undefined"
-    if not at_least:
-        lo, hi, bound = -hi, -lo, -bound
-    if lo > bound or (exact and lo >= bound):
-        return "met"
-    if hi < bound:
-        return "missed"
-    return "inconclusive"
-
-
-def model_metrics(scored: Mapping[str, Mapping[str, Sequence[Scored]]], n_boot: int,
-                  boot_seed: int = 0) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """{model: {split: {metric: interval}}}: the mean over seeds and its bootstrap CI."""
-    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
-    for model, by_split in scored.items():
-        for split, runs in by_split.items():
-            cell = out.setdefault(model, {}).setdefault(split, {})
-            for key, fn in METRICS.items():
-                ci = bootstrap_ci(_items(runs, key), fn, n_boot, boot_seed)
-                cell[key] = {"mean": _finite(ci.mean), "lo": _finite(ci.lo),
-                             "hi": _finite(ci.hi), "per_seed": [_finite(v) for v in ci.per_seed]}
-    return out
-
-
-def _claim(name: str, statistic: str, mean: float | None, lo: float | None, hi: float | None,
-           bound: float, at_least: bool = True, exact: bool = False, **extra: Any
-           ) -> dict[str, Any]:
-    return {"claim": name, "statistic": statistic, "mean": _finite(mean), "lo": _finite(lo),
-            "hi": _finite(hi), "bound": bound, "at_least": at_least, "exact": exact,
-            "verdict": judge(_finite(lo), _finite(hi), bound, at_least, exact), **extra}
-
-
-def quality_claims(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
-                   metrics: Mapping[str, Any], n_boot: int, boot_seed: int = 0
-                   ) -> list[dict[str, Any]]:
-    """The DESIGN.md quality claims, each with its interval (see the module docstring)."""
-    claims = []
-    ap = "frame_macro_ap"
-    for split in SPLITS:
-        if split not in scored.get("student_int8", {}) or split not in scored.get("teacher", {}):
-            continue
-        d = paired_bootstrap_diff(_tagged(scored["student_int8"][split], 1.0),
-                                  _tagged(scored["teacher"][split], AP_SHARE), _factor_ap,
-                                  n_boot, boot_seed)
-        teacher_ap = metrics["teacher"][split][ap]["mean"]
-        int8_ap = metrics["student_int8"][split][ap]["mean"]
-        ratio = int8_ap / teacher_ap if teacher_ap and int8_ap is not None else None
-        claims.append(_claim(
-            f"int8 student frame macro AP >= {AP_SHARE:.0%} of the teacher's on `{split}`",
-            f"AP(int8) - {AP_SHARE:g} x AP(teacher), paired", d.mean, d.lo, d.hi, 0.0,
-            ratio=ratio, split=split))
-    for split in SPLITS:
-        if split not in scored.get("student_int8", {}) or split not in scored.get("baseline", {}):
-            continue
-        d = paired_bootstrap_diff(_items(scored["student_int8"][split], ap),
-                                  _items(scored["baseline"][split], ap), frame_macro_ap,
-                                  n_boot, boot_seed)
-        claims.append(_claim(f"int8 student frame macro AP >= the label-only student's on "
-                             f"`{split}`", "AP(int8) - AP(label-only), paired",
-                             d.mean, d.lo, d.hi, 0.0, split=split))
-    if "test" in metrics.get("student_int8", {}):
-        f1 = metrics["student_int8"]["test"]["event_f1"]
-        claims.append(_claim(f"int8 student event F1 >= {EVENT_F1_TARGET:g} on `test`",
-                             "event F1 (micro)", f1["mean"], f1["lo"], f1["hi"],
-                             EVENT_F1_TARGET, split="test"))
-    if "test" in metrics.get("teacher", {}):
-        t = metrics["teacher"]["test"]
-        claims.append(_claim(f"teacher frame macro AP >= {TEACHER_AP_TARGET:g} on `test`",
-                             "frame macro AP", t[ap]["mean"], t[ap]["lo"], t[ap]["hi"],
-                             TEACHER_AP_TARGET, split="test"))
-        r = t["recall_high_snr"]
-        claims.append(_claim(f"teacher event recall >= {RECALL_TARGET:g} at >= 10 dB SNR on "
-                             "`test`", "event recall, calls >= 10 dB", r["mean"], r["lo"],
-                             r["hi"], RECALL_TARGET, split="test"))
-    return claims
-
-
-def artifact_claims(int8_bytes: Sequence[int], agreement: Mapping[str, Sequence[float]]
-                    ) -> list[dict[str, Any]]:
-    """Size and the int8 gate: exact figures (no sampling), judged on the worst seed/split."""
-    claims = []
-    if int8_bytes:
-        worst = float(max(int8_bytes))
-        claims.append(_claim("int8 student file <= 1 MB", "largest int8 .tflite of any seed",
-                             worst, worst, worst, SIZE_LIMIT_BYTES, at_least=False,
-                             exact=True, unit="bytes"))
-    shares = [v for values in agreement.values() for v in values]
-    if shares:
-        worst = float(min(shares))
-        claims.append(_claim(f"int8 gate: decisions agree with PyTorch on >= "
-                             f"{AGREEMENT_GATE:.0%} of frames",
-                             "share of frames, worst seed and split", worst, worst, worst,
-                             AGREEMENT_GATE, exact=True, unit="share"))
-    return claims
-
-
-def assemble(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
-             agreement: Mapping[str, Sequence[float]], int8_bytes: Sequence[int],
-             latency: Sequence[Mapping[str, float]], footprints: Mapping[str, Mapping[str, Any]],
-             commands: Mapping[str, str], n_boot: int, **meta: Any) -> dict[str, Any]:
-    """The JSON this script writes (and benchmarks/results.py reads), from scored seeds.
-
-    `footprints`: per model, parameters / size_bytes / size_kind; `latency`: per seed, the int8
-    student's `latency_ms`; `commands`: `Plan.commands` (a key per model, and "verify")."""
-    metrics = model_metrics(scored, n_boot)
-    models: dict[str, Any] = {}
-    for model in MODELS:
-        if model in scored:
-            models[model] = {"title": TITLES[model], "splits": metrics[model],
-                             "command": model, **footprints[model]}
-    if "student_int8" in models:
-        int8 = models["student_int8"]
-        if int8_bytes:
-            int8["size_bytes"] = max(int8_bytes)
-        if latency:
-            int8["latency"] = {k: statistics.fmean(r[k] for r in latency) for k in latency[0]}
-            int8["latency"]["per_seed"] = [r["total_ms_per_audio_s"] for r in latency]
-        int8["agreement"] = {s: list(v) for s, v in agreement.items()}
-    claims = quality_claims(scored, metrics, n_boot) + artifact_claims(int8_bytes, agreement)
-    for claim in claims:  # as shown, so benchmarks/results.py needs no formatting of its own
-        claim["measured"], claim["target"] = claim_texts(claim)
-    first = next(iter(scored.values()))
-    result = {**meta, "n_boot": n_boot, "alpha": 0.05,
-              "files": {s: len(runs[0].frames) for s, runs in first.items()},
-              "models": models, "claims": claims, "commands": dict(commands)}
-    return json_safe(result)
-
-
-# ========================================================================= pure: formatting ==
-
-
-def claim_texts(claim: Mapping[str, Any]) -> tuple[str, str]:
-    """(measured, target) as the tables show them."""
-    unit, op = claim.get("unit"), ">=" if claim["at_least"] else "<="
-    if unit == "bytes":
-        return f"{claim['mean'] / 1024:.0f} KiB", f"{op} {claim['bound'] / 1e6:g} MB"
-    if unit == "share":
-        return f"{100 * claim['mean']:.2f} %", f"{op} {100 * claim['bound']:g} %"
-    value = format_interval(claim)
-    if claim.get("ratio") is not None:
-        value += f"; ratio of means {claim['ratio']:.3f}"
-    return value, f"{op} {claim['bound']:g}"
-
-
-def render_markdown(result: Mapping[str, Any]) -> str:
-    """The tables this script prints: quality, footprint, claims, and the commands."""
-    seeds = ", ".join(str(s) for s in result["seeds"])
-    files = ", ".join(f"{n} `{s}` files" for s, n in result["files"].items())
-    label = {key: f"C{k}" for k, key in enumerate(result["commands"], start=1)}
-    lines = [f"Synth `{result['preset']}`, seeds {seeds} (teacher {result['teacher_steps']} "
-             f"steps, {result['arch']} students {result['distill_steps']} steps): mean over "
-             f"seeds [95 % paired bootstrap CI over {files}, {result['n_boot']} replicates].",
-             "", "| model | split | frame macro AP | event F1 (micro) | event recall >= 10 dB "
-             "| commands |", "|---|---|---|---|---|---|"]
-    for m in result["models"].values():
-        for split, cell in m["splits"].items():
-            lines.append(f"| {m['title']} | `{split}` | "
-                         f"{format_interval(cell['frame_macro_ap'])} | "
-                         f"{format_interval(cell['event_f1'])} | "
-                         f"{format_interval(cell['recall_high_snr'])} | "
-                         f"{label[m['command']]}, scored by {label['verify']} |")
-    lines += ["", "| model | parameters | size | ms per audio second, 1 thread | commands |",
-              "|---|---|---|---|---|"]
-    for m in result["models"].values():
-        lat = m.get("latency")
-        speed = (f"{lat['total_ms_per_audio_s']:.2f} (model {lat['model_ms_per_audio_s']:.2f} "
-                 f"+ front end {lat['frontend_ms_per_audio_s']:.2f})" if lat else "")
-        lines.append(f"| {m['title']} | {m['parameters']:,} | {m['size_bytes'] / 1024:.0f} KiB "
-                     f"({m['size_kind']}) | {speed} | {label[m['command']]} |")
-    lines += ["", "| claim | statistic | measured | target | verdict |", "|---|---|---|---|---|"]
-    for c in result["claims"]:
-        lines.append(f"| {c['claim']} | {c['statistic']} | {c['measured']} | {c['target']} | "
-                     f"{VERDICTS[c['verdict']]} |")
-    lines += ["", "Commands (from the repository root; the intervals, latency and claims come "
-              f"from this script: `{result['command']}`):", ""]
-    lines += [f"- {label[key]} ({key}): `{cmd}`" for key, cmd in result["commands"].items()]
-    return "\n".join(lines)
-
-
-# ============================================================================ runs (costly) ==
 @dataclass(frozen=True)
 class Plan:
     """Where every run lives (folders named by their settings) and the command behind it."""
@@ -404,9 +148,8 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
     from export.distill import DistillConfig, distill
     from export.quantize import quantize
     from train.config import FinetuneConfig, ModelConfig
-    from train.engine import Runtime
+    from train.engine import RunOptions, Runtime
     from train.finetune import finetune
-    from train.pretrain import RunOptions
 
     cmds = plan.commands([seed])
     data_id = digest(plan.data / "synth.json")
@@ -509,7 +252,7 @@ def score_model(plan: Plan, logits: Mapping[str, np.ndarray], card: Any) -> Scor
     targets = {f: events_to_frames(dataset.events(f), dataset.labels, len(p), rate)
                for f, p in probs.items()}
     reference, snr = reference_events(dataset, list(probs))
-    scored = score_tracks(probs, targets, reference, snr, dataset.labels, rate, decoder)
+    scored = score_tracks(probs, targets, dataset.labels, rate, reference, snr, decoder)
     report, _, _ = verify_score(dataset, dict(logits), rate, decoder)
     ones = np.ones((1, len(probs)), dtype=np.int64)
     mine = (frame_macro_ap(list(scored.frames.values()), ones)[0],
@@ -646,24 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         command=invocation(), quick=args.quick, preset=args.preset, seeds=seeds,
         arch=args.arch, teacher_steps=args.teacher_steps, distill_steps=args.distill_steps,
         clip_s=args.clip_s, batch_size=args.batch_size)
-    result.update(minutes=(time.perf_counter() - t0) / 60, built_minutes=built,
-                  machine={"arch": platform.machine(), "cpus": os.cpu_count(),
-                           "load_average": list(os.getloadavg()),
-                           "python": platform.python_version(),
-                           "torch_threads": torch.get_num_threads()})
-    result = json_safe(result)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(render_markdown(result))
-    print(f"\nwrote {out} ({result['minutes']:.1f} min this run; the runs took "
-          f"{built:.1f} min when built)")
-    return 0
+    return finish(result, out, t0, built, render_markdown)
 
 
 if __name__ == "__main__":
-    from edge_runtime.contract.errors import UserError
-
-    try:
-        sys.exit(main())
-    except UserError as err:
-        sys.exit(f"error: {err}")
+    run_script(main)

@@ -53,3 +53,41 @@ def run_once(path: Path, inputs: Mapping[str, Any], command: str,
                                         "command": command}, indent=2) + "\n")
     marker(path, "started").unlink(missing_ok=True)
     return minutes
+
+
+def machine() -> dict[str, Any]:
+    """Where a benchmark ran; torch's thread count too, since it sets the training speed."""
+    import os
+    import platform
+
+    import torch
+
+    return {"arch": platform.machine(), "cpus": os.cpu_count(),
+            "load_average": list(os.getloadavg()), "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads()}
+
+
+def finish(result: dict[str, Any], out: Path, t0: float, built_minutes: float,
+           render: Callable[[dict[str, Any]], str]) -> int:
+    """Stamp the result with its minutes and machine, write it as JSON and print its tables."""
+    from train.evaluate import json_safe
+
+    result.update(minutes=(time.perf_counter() - t0) / 60, built_minutes=built_minutes,
+                  machine=machine())
+    result = json_safe(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(render(result))
+    print(f"\nwrote {out} ({result['minutes']:.1f} min this run; the runs took "
+          f"{built_minutes:.1f} min when built)")
+    return 0
+
+
+def run_script(main: Callable[[], int]) -> None:
+    """A benchmark script's entry: a user mistake is one line on stderr, not a traceback."""
+    from edge_runtime.contract.errors import UserError
+
+    try:
+        sys.exit(main())
+    except UserError as err:
+        sys.exit(f"error: {err}")

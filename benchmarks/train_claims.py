@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
 import numpy as np
 
+from benchmarks.scoring import Scored, finite, interval, judge
 from benchmarks.stats import (
     VERDICTS,
-    EventCounts,
-    bootstrap_ci,
-    event_counts_by_file,
     event_f1_micro,
     event_recall_high_snr,
     format_ci,
@@ -25,7 +23,6 @@ from benchmarks.stats import (
     frame_macro_ap,
     paired_bootstrap_diff,
 )
-from edge_runtime.contract.events import DecoderConfig, Event, decode_events
 from edge_runtime.contract.metrics import HIGH_SNR_KEY, frame_average_precision
 from train.evaluate import json_safe
 
@@ -38,31 +35,13 @@ MISSING_FRACS = (0.5, 0.9)
 AP_TARGET = 0.75  # DESIGN.md: best teacher frame macro AP on `test`
 RECALL_TARGET = 0.95  # DESIGN.md: best teacher event recall at >= 10 dB SNR on `test`
 NO_GATE = "not evidence: probe gate failed"
-
-
-# ============================================================================ pure: scoring ==
-@dataclass(frozen=True)
-class Scored:
-    """One model on one split for one seed: what the bootstrap resamples, per file."""
-
-    frames: dict[str, tuple[np.ndarray, np.ndarray]]  # file -> (probs, targets), (frames, C)
-    events: dict[str, EventCounts] | None  # file -> matches with the model's decoder (None: probe)
-
-
-def score_tracks(probs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
-                 labels: Sequence[str], frame_rate_hz: float, reference: Sequence[Event] = (),
-                 snr_db: Sequence[float | None] = (), decoder: DecoderConfig | None = None,
-                 events: bool = True) -> Scored:
-    """Per-file items of one model's probability tracks; with `events`, calls decoded by
-    `decoder` (the model's own) and matched against `reference` (aligned with `snr_db`)."""
-    files = list(probs)
-    counts = None
-    if events:
-        predicted = [e for f in files
-                     for e in decode_events(probs[f], labels, frame_rate_hz, decoder, file=f)]
-        counts = event_counts_by_file(files, reference, predicted, labels, iou=0.0,
-                                      snr_db=snr_db)
-    return Scored({f: (probs[f], targets[f]) for f in files}, counts)
+# What train_table.py chooses among on `val` (at its smallest label budget) to finetune a
+# pretrained model: overrides of `FinetuneConfig.from_pretrained()`, the preset first.
+PRETRAINED_CANDIDATES: dict[str, dict[str, Any]] = {
+    "llrd": {},
+    "uniform_lr": {"layer_lr_decay": 1.0},
+    "frozen_frontend": {"train_feature_encoder": False},
+}
 
 
 def seed_report(run: Scored, labels: Sequence[str]) -> dict[str, Any]:
@@ -84,20 +63,9 @@ def seed_report(run: Scored, labels: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def finite(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else float(value)
-
-
 def _mean(values: Sequence[float | None]) -> float | None:
     kept = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.fmean(kept) if kept else None
-
-
-def _interval(runs: Sequence[Mapping[str, Any]], metric: Callable, n_boot: int,
-              boot_seed: int) -> dict[str, Any]:
-    ci = bootstrap_ci(runs, metric, n_boot, boot_seed)
-    return {"mean": finite(ci.mean), "lo": finite(ci.lo), "hi": finite(ci.hi),
-            "per_seed": [finite(v) for v in ci.per_seed]}
 
 
 def summarise(runs: Sequence[Scored], labels: Sequence[str], n_boot: int,
@@ -106,12 +74,12 @@ def summarise(runs: Sequence[Scored], labels: Sequence[str], n_boot: int,
     seeds with a bootstrap CI over files; event P / R and per-class AP as means over seeds."""
     reports = [seed_report(r, labels) for r in runs]
     cell: dict[str, Any] = {
-        "frame_macro_ap": _interval([r.frames for r in runs], frame_macro_ap, n_boot, boot_seed),
+        "frame_macro_ap": interval([r.frames for r in runs], frame_macro_ap, n_boot, boot_seed),
         "per_class_ap": {k: _mean([rep["per_class_ap"][k] for rep in reports]) for k in labels}}
     if all(r.events is not None for r in runs):
         events = [r.events for r in runs]
-        cell["event_f1"] = _interval(events, event_f1_micro, n_boot, boot_seed)
-        cell["recall_high_snr"] = _interval(events, event_recall_high_snr, n_boot, boot_seed)
+        cell["event_f1"] = interval(events, event_f1_micro, n_boot, boot_seed)
+        cell["recall_high_snr"] = interval(events, event_recall_high_snr, n_boot, boot_seed)
         for key in ("event_precision", "event_recall"):
             cell[key] = _mean([rep[key] for rep in reports])
     return cell
@@ -137,18 +105,6 @@ def compare(a: Sequence[Scored], b: Sequence[Scored], n_boot: int, boot_seed: in
     return {"mean": finite(d.mean), "lo": lo, "hi": hi,
             "frac_positive": finite(d.frac_positive), "mean_a": finite(d.mean_a),
             "mean_b": finite(d.mean_b), "direction": direction(lo, hi)}
-
-
-def judge(lo: float | None, hi: float | None, bound: float) -> str:
-    """A target `value >= bound` on a CI: 'met' (all of it above), 'missed' (all below),
-    'inconclusive' (it spans the bound) or 'undefined'."""
-    if lo is None or hi is None:
-        return "undefined"
-    if lo >= bound:
-        return "met"
-    if hi < bound:
-        return "missed"
-    return "inconclusive"
 
 
 def choose_recipe(val_scores: Mapping[str, float | None]) -> str:
@@ -376,7 +332,7 @@ def targets(rows: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append({"what": f"best teacher on `val` ({teachers[key]['title']}): {what} on "
                     "`test`", "row": key, "metric": metric, "mean": cell.get("mean"),
                     "lo": cell.get("lo"), "hi": cell.get("hi"), "bound": bound,
-                    "verdict": judge(cell.get("lo"), cell.get("hi"), bound)})
+                    "verdict": judge(cell.get("lo"), cell.get("hi"), bound, inclusive=True)})
     return out
 
 

@@ -13,7 +13,7 @@ Per training seed s (--seeds, default 0,1,2; the data is always synth seed 0):
   still run and shown but marked "not evidence: probe gate failed".
 * H2, label budgets: at train_10pct, train_25pct (synth BUDGET_SUBSETS: >= 10 events per class)
   and `train` (100 %), the teacher finetuned from scratch and from the pretrained model. The
-  from-pretrained recipe is chosen once, on `val`, among FinetuneConfig.PRETRAINED_CANDIDATES
+  from-pretrained recipe is chosen once, on `val`, among PRETRAINED_CANDIDATES
   (from_pretrained() and two variants) at the smallest budget with the first seed; the choice
   and every candidate's val AP go into the JSON. (The pretrained side gets this choice and
   scratch does not; both are scored on `test`, which no choice sees.)
@@ -63,355 +63,38 @@ beside it and summed into the JSON ("built_minutes").
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` itself
 
-import numpy as np
-
-from benchmarks.runs import digest, run_once, say
+from benchmarks.runs import finish, run_script, say
+from benchmarks.scoring import score_tracks
 from benchmarks.train_claims import (
     BUDGET_TITLES,
-    HEADS,
     MISSING_FRACS,
+    PRETRAINED_CANDIDATES,
     SPLITS,
-    Scored,
     System,
     assemble,
     choose_recipe,
-    finite,
     pct,
     render_markdown,
-    score_tracks,
-    seed_report,
 )
-from edge_runtime.contract.metrics import HIGH_SNR_KEY
-from train.evaluate import json_safe
-
-# ============================================================================ runs (costly) ==
-SEED = "$s"  # the loop variable of the printed commands
-_SEED_TOKEN = "SEEDTOKEN"
-
-
-def _shell(argv: Sequence[str]) -> str:
-    """shlex.join, but `$s` stays unquoted so that the shell expands it (single quotes
-    would not); the paths this script makes need no other quoting."""
-    return shlex.join([a.replace(SEED, _SEED_TOKEN) for a in argv]).replace(_SEED_TOKEN, SEED)
-
-
-def _selection(budget: str) -> str:
-    return budget if budget == "train" else f"subset:{budget}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Where every run lives (folders named by their settings), its config, and the command
-    that rebuilds it."""
-
-    work: Path
-    preset: str
-    clip_s: float
-    batch_size: int
-    pretrain_steps: int
-    finetune_steps: int
-    distill_steps: int
-    arch: str = "tcn_small"
-
-    @property
-    def data(self) -> Path:
-        return self.work / f"synth_{self.preset}"
-
-    # -- paths
-    def _pre_root(self, seed: int | str) -> Path:
-        return self.work / f"{self.preset}_pre{self.pretrain_steps}" / f"seed{seed}"
-
-    def pretrained(self, seed: int | str) -> Path:
-        return self._pre_root(seed) / "pretrain" / "model.pt"
-
-    def probe(self, kind: str, seed: int | str) -> Path:
-        return self._pre_root(seed) / f"probe_{kind}.npz"
-
-    def teacher(self, budget: str, seed: int | str, recipe: str | None = None,
-                heads: str = "none", frac: float = 0.0) -> Path:
-        """A finetuned teacher: from scratch (recipe None) or from pretraining with `recipe`."""
-        if recipe is None:
-            run = f"{budget}_{heads}" + (f"_missing{frac:g}" if frac else "")
-            root = self.work / f"{self.preset}_ft{self.finetune_steps}" / run
-        else:
-            root = (self.work / f"{self.preset}_pre{self.pretrain_steps}_ft"
-                    f"{self.finetune_steps}" / f"{budget}_{recipe}")
-        return root / f"seed{seed}" / "model.pt"
-
-    def student(self, budget: str, seed: int | str) -> Path:
-        return (self.work / f"{self.preset}_labels_only_{self.arch}_d{self.distill_steps}" /
-                budget / f"seed{seed}" / "student.pt")
-
-    @staticmethod
-    def tracks(model: Path, split: str) -> Path:
-        return model.with_name(f"{model.stem}_tracks_{split}.npz")
-
-    # -- configs
-    def pretrain_config(self):
-        from train.config import PretrainConfig
-
-        return PretrainConfig(steps=self.pretrain_steps,
-                              warmup_steps=max(1, self.pretrain_steps // 10),
-                              batch_size=self.batch_size, lr=1e-3, amp="fp32", ema_decay=0.99,
-                              ema_end_decay=0.995)
-
-    def finetune_config(self, recipe: str | None = None, heads: str = "none",
-                        frac: float = 0.0):
-        from train.cli import metadata_heads
-        from train.config import FinetuneConfig
-
-        common = dict(steps=self.finetune_steps, warmup_steps=max(1, self.finetune_steps // 10),
-                      batch_size=self.batch_size, lr=1e-3, amp="fp32",
-                      metadata_heads=metadata_heads(list(HEADS[heads])),
-                      metadata_missing_frac=frac)
-        if recipe is None:
-            return FinetuneConfig(**common, freeze_encoder_steps=0)
-        return FinetuneConfig.from_pretrained(**common,
-                                              **FinetuneConfig.PRETRAINED_CANDIDATES[recipe])
-
-    def distill_config(self, budget: str, seed: int):
-        from export.distill import DistillConfig
-
-        return DistillConfig(arch=self.arch, steps=self.distill_steps, seed=seed,
-                             labelled_splits=(_selection(budget),))
-
-    # -- commands (one run; `seed` may be SEED, "$s")
-    def _train_flags(self, steps: int, seed: int | str) -> list[str]:
-        return ["--preset", "tiny", "--steps", str(steps), "--batch-size", str(self.batch_size),
-                "--lr", "0.001", "--amp", "fp32", "--clip-s", f"{self.clip_s:g}", "--seed",
-                str(seed), "--device", "cpu", "--set", f"warmup_steps={max(1, steps // 10)}"]
-
-    def pretrain_command(self, seed: int | str) -> str:
-        return _shell(["meerkit", "train", "pretrain", "--data", str(self.data), "--out",
-                           str(self.pretrained(seed).parent), "--splits", "pretrain,train",
-                           *self._train_flags(self.pretrain_steps, seed),
-                           "--set", "ema_decay=0.99", "--set", "ema_end_decay=0.995"])
-
-    def probe_command(self, kind: str, seed: int | str) -> str:
-        source = (["--model", str(self.pretrained(seed))] if kind == "pretrained"
-                  else ["--random-init", "--preset", "tiny"])
-        return _shell(["meerkit", "train", "probe", "--data", str(self.data), *source,
-                           "--splits", "train", "--eval-splits", "test", "--clip-s",
-                           f"{self.clip_s:g}", "--seed", str(seed), "--device", "cpu",
-                           "--out", str(self.probe(kind, seed).with_suffix(".json"))])
-
-    def finetune_command(self, budget: str, seed: int | str, recipe: str | None = None,
-                         heads: str = "none", frac: float = 0.0) -> str:
-        from train.config import FinetuneConfig
-
-        argv = ["meerkit", "train", "finetune", "--data", str(self.data), "--out",
-                str(self.teacher(budget, seed, recipe, heads, frac).parent), "--splits",
-                _selection(budget), *self._train_flags(self.finetune_steps, seed)]
-        if recipe is None:
-            argv += ["--set", "freeze_encoder_steps=0"]
-        else:
-            argv += ["--init", str(self.pretrained(seed))]
-            for key, value in FinetuneConfig.PRETRAINED_CANDIDATES[recipe].items():
-                argv += ["--set", f"{key}={json.dumps(value)}"]
-        for spec in HEADS[heads]:
-            argv += ["--meta", spec]
-        if frac:
-            argv += ["--set", f"metadata_missing_frac={frac:g}"]
-        return _shell(argv)
-
-    def distill_command(self, budget: str, seed: int | str) -> str:
-        return _shell(["meerkit", "export", "distill", "--labels-only", "--data",
-                           str(self.data), "--out", str(self.student(budget, seed)), "--arch",
-                           self.arch, "--steps", str(self.distill_steps), "--seed", str(seed),
-                           "--labelled", _selection(budget)])
-
-
-def _loop(seeds: Sequence[int], command: str) -> str:
-    return f"for s in {' '.join(map(str, seeds))}; do {command}; done"
-
-
-def build_pretrained(plan: Plan, seed: int, progress: bool, t0: float) -> float:
-    import torch
-
-    from train.config import ModelConfig
-    from train.engine import Runtime
-    from train.pretrain import RunOptions, pretrain
-
-    path = plan.pretrained(seed)
-
-    def build(resume: bool) -> None:
-        say(t0, f"seed {seed}: pretraining ({plan.pretrain_steps} steps"
-                 f"{', resumed' if resume else ''})")
-        pretrain(RunOptions(plan.data, path.parent, ("pretrain", "train"), plan.clip_s, seed,
-                            resume, checkpoint_every=max(10, plan.pretrain_steps // 5),
-                            progress=progress),
-                 ModelConfig.tiny(), plan.pretrain_config(), Runtime(torch.device("cpu")))
-
-    return run_once(path, {"data": digest(plan.data / "synth.json"), "seed": seed,
-                           "config": plan.pretrain_config().to_dict(), "clip_s": plan.clip_s},
-                    plan.pretrain_command(seed), build)
-
-
-def build_probe(plan: Plan, kind: str, seed: int, t0: float) -> float:
-    """The probe's `test` tracks of the pretrained or a random-init model (npz)."""
-    from train.checkpoint import load_model
-    from train.data.dataset import Dataset
-    from train.data.torch_data import select_files
-    from train.probe import probe, random_init_model
-
-    path = plan.probe(kind, seed)
-
-    def build(_: bool) -> None:
-        say(t0, f"seed {seed}: linear probe of the {kind} model")
-        pre, _ = load_model(plan.pretrained(seed))
-        dataset = Dataset(plan.data, sample_rate=pre.config.sample_rate)
-        train = select_files(dataset, "train")
-        model = pre if kind == "pretrained" else random_init_model(
-            pre.config, dataset, train, plan.clip_s, seed)
-        report = probe(model, dataset, train, {"test": select_files(dataset, "test")},
-                       plan.clip_s, seed=seed, keep_tracks=True)
-        _save_tracks(path, *report["splits"]["test"]["tracks"])
-
-    return run_once(path, {"pretrained": digest(plan.pretrained(seed)), "kind": kind,
-                           "seed": seed, "clip_s": plan.clip_s},
-                    plan.probe_command(kind, seed), build)
-
-
-def build_teacher(plan: Plan, budget: str, seed: int, progress: bool, t0: float,
-                  recipe: str | None = None, heads: str = "none", frac: float = 0.0) -> float:
-    import torch
-
-    from train.config import ModelConfig
-    from train.engine import Runtime
-    from train.finetune import finetune
-    from train.pretrain import RunOptions
-
-    path = plan.teacher(budget, seed, recipe, heads, frac)
-    config = plan.finetune_config(recipe, heads, frac)
-    init = None if recipe is None else plan.pretrained(seed)
-
-    def build(resume: bool) -> None:
-        what = "from scratch" if recipe is None else f"from pretraining ({recipe})"
-        extra = "" if heads == "none" else f", {heads} heads" + (
-            f", {pct(frac)} of metadata hidden" if frac else "")
-        say(t0, f"seed {seed}: finetuning {what} on {budget}{extra} ({plan.finetune_steps} "
-                 f"steps{', resumed' if resume else ''})")
-        finetune(RunOptions(plan.data, path.parent, (_selection(budget),), plan.clip_s, seed,
-                            resume, checkpoint_every=max(10, plan.finetune_steps // 5),
-                            progress=progress),
-                 ModelConfig.tiny(), config, Runtime(torch.device("cpu")), init=init)
-
-    inputs = {"data": digest(plan.data / "synth.json"), "seed": seed, "budget": budget,
-              "config": config.to_dict(), "clip_s": plan.clip_s,
-              "init": None if init is None else digest(init)}
-    return run_once(path, inputs, plan.finetune_command(budget, seed, recipe, heads, frac), build)
-
-
-def build_student(plan: Plan, budget: str, seed: int, progress: bool, t0: float) -> float:
-    from export.distill import distill
-
-    path = plan.student(budget, seed)
-    config = plan.distill_config(budget, seed)
-
-    def build(_: bool) -> None:
-        say(t0, f"seed {seed}: label-only student on {budget} ({plan.distill_steps} steps)")
-        distill(None, plan.data, path, config, progress=progress)
-
-    return run_once(path, {"data": digest(plan.data / "synth.json"), **config.to_dict()},
-                    plan.distill_command(budget, seed), build)
-
-
-def _save_tracks(path: Path, probs: Mapping[str, np.ndarray],
-                 targets: Mapping[str, np.ndarray]) -> None:
-    files = list(probs)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, files=np.array(files), **{f"p{k}": probs[f] for k, f in enumerate(files)},
-             **{f"t{k}": targets[f] for k, f in enumerate(files)})
-    tmp.replace(path)
-
-
-def _load_tracks(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    with np.load(path) as saved:
-        files = [str(f) for f in saved["files"]]
-        return ({f: saved[f"p{k}"] for k, f in enumerate(files)},
-                {f: saved[f"t{k}"] for k, f in enumerate(files)})
-
-
-def model_tracks(plan: Plan, model: Path, split: str, command: str
-                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any, float]:
-    """(probabilities and targets per file, the model's card, minutes they took): a teacher
-    over consecutive clips (as it was validated), a student over its deployment windows;
-    cached beside the model, keyed by its digest."""
-    from edge_runtime.contract.events import events_to_frames
-    from export.backends import geometry, sigmoid, track_files
-    from export.source import load_source
-    from train.data.dataset import Dataset
-    from train.data.torch_data import select_files
-    from train.evaluate import predict_files
-
-    source = load_source(model)
-    card = source.card
-    dataset = Dataset(plan.data, sample_rate=card.sample_rate)
-    files = select_files(dataset, split)
-    out = plan.tracks(model, split)
-
-    def build(_: bool) -> None:
-        if source.kind == "teacher":
-            from train.checkpoint import load_model
-
-            teacher, _ = load_model(model)
-            probs, targets = predict_files(lambda a: teacher(a).frame_logits, dataset, files,
-                                           plan.clip_s, card.frame_rate_hz, 32)
-        else:
-            logits = track_files(source.window_fn(), geometry(card), dataset, files)
-            probs = {f: sigmoid(v) for f, v in logits.items()}
-            targets = {f: events_to_frames(dataset.events(f), dataset.labels, len(p),
-                                           card.frame_rate_hz) for f, p in probs.items()}
-        _save_tracks(out, probs, targets)
-
-    minutes = run_once(out, {"model": digest(model), "split": split, "files": files,
-                             "clip_s": plan.clip_s}, command, build)
-    probs, targets = _load_tracks(out)
-    return probs, targets, card, minutes
-
-
-def score_model(plan: Plan, probs: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
-                card: Any) -> Scored:
-    """Per-file items with the model's own decoder, checked against `score_files`."""
-    from train.data.dataset import Dataset
-    from train.evaluate import reference_events, score_files
-
-    dataset = Dataset(plan.data, sample_rate=card.sample_rate)
-    decoder = card.decoder_config()
-    reference, snr = reference_events(dataset, list(probs))
-    scored = score_tracks(probs, targets, dataset.labels, card.frame_rate_hz, reference, snr,
-                          decoder)
-    mine = seed_report(scored, dataset.labels)
-    report = score_files(dataset, dict(probs), dict(targets), card.frame_rate_hz, decoder)
-    theirs = report["event_recall_by_snr"] or {}
-    pairs = [(mine["frame_macro_ap"], report["frame_ap"]["macro"]),
-             (mine["event_f1"], report["event"]["micro"]["f1"]),
-             (mine["recall_high_snr"], theirs.get(HIGH_SNR_KEY, {}).get("recall", math.nan))]
-    if not all(np.isclose(a, b, atol=1e-9, equal_nan=True) for a, b in pairs):
-        raise RuntimeError(f"bootstrap items disagree with score_files: {pairs}")
-    return scored
-
-
-def _val_ap(model: Path) -> float | None:
-    """The val frame macro AP of the model's own selected checkpoint."""
-    from train.engine import load_checkpoint
-
-    val = (load_checkpoint(model).get("extra") or {}).get("val") or {}
-    return finite((val.get("frame_ap") or {}).get("macro"))
+from benchmarks.train_plan import SEED, Plan, seed_loop
+from benchmarks.train_runs import (
+    build_pretrained,
+    build_probe,
+    build_student,
+    build_teacher,
+    load_tracks,
+    model_tracks,
+    score_model,
+    val_ap,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -469,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks import invocation
-    from train.config import FinetuneConfig
     from train.data.synth import BUDGET_SUBSETS, SynthConfig, generate
 
     logging.basicConfig(level=logging.WARNING)
@@ -498,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             plan, budget, seed, progress, t0, recipe, heads, frac)
 
     # The from-pretrained recipe: chosen on val at the smallest budget, first seed.
-    candidates = FinetuneConfig.PRETRAINED_CANDIDATES
+    candidates = PRETRAINED_CANDIDATES
     for name in candidates:
         teacher(budgets[0], seeds[0], recipe=name)
-    val_scores = {name: _val_ap(plan.teacher(budgets[0], seeds[0], name)) for name in candidates}
+    val_scores = {name: val_ap(plan.teacher(budgets[0], seeds[0], name)) for name in candidates}
     chosen = choose_recipe(val_scores)
     say(t0, f"from-pretrained recipe: {chosen} (val AP {val_scores})")
     for seed in seeds:
@@ -523,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- scoring
     commands = {"data": f"meerkit synth {plan.data} --preset {args.preset} --seed 0",
-                "pretrain": _loop(seeds, plan.pretrain_command(SEED))}
+                "pretrain": seed_loop(seeds, plan.pretrain_command(SEED))}
     for kind in ("pretrained", "random"):
-        commands[f"probe_{kind}"] = _loop(seeds, plan.probe_command(kind, SEED))
+        commands[f"probe_{kind}"] = seed_loop(seeds, plan.probe_command(kind, SEED))
     commands["recipe"] = " ; ".join(plan.finetune_command(budgets[0], seeds[0], name)
                                     for name in candidates)
     systems: dict[str, System] = {}
@@ -539,11 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         system = System(title, kind, command_key, list(paths), {s: [] for s in splits})
         for seed, path in paths.items():
             if kind == "probe":
-                probs, targets = _load_tracks(path)
+                probs, targets = load_tracks(path)
                 system.runs["test"].append(score_tracks(probs, targets, labels,
                                                         math.nan, events=False))
                 continue
-            system.val_macro_ap.append(_val_ap(path))
+            system.val_macro_ap.append(val_ap(path))
             for split in splits:
                 say(t0, f"seed {seed}: scoring {key} on {split}")
                 probs, targets, card, minutes = model_tracks(plan, path, split, command)
@@ -563,23 +245,23 @@ def main(argv: list[str] | None = None) -> int:
         share = BUDGET_TITLES.get(budget, budget)
         splits = list(SPLITS) if budget == "train" else ["test"]
         add(f"{budget}/scratch", f"teacher from scratch, {share} labels, no heads", "teacher",
-            _loop(seeds, plan.finetune_command(budget, SEED)),
+            seed_loop(seeds, plan.finetune_command(budget, SEED)),
             {s: plan.teacher(budget, s) for s in seeds}, splits)
         add(f"{budget}/pretrained", f"teacher from pretraining ({chosen}), {share} labels",
-            "teacher", _loop(seeds, plan.finetune_command(budget, SEED, chosen)),
+            "teacher", seed_loop(seeds, plan.finetune_command(budget, SEED, chosen)),
             {s: plan.teacher(budget, s, chosen) for s in seeds}, ["test"])
         add(f"{budget}/labels_only", f"label-only student ({args.arch}), {share} labels",
-            "student", _loop(seeds, plan.distill_command(budget, SEED)),
+            "student", seed_loop(seeds, plan.distill_command(budget, SEED)),
             {s: plan.student(budget, s) for s in seeds}, splits)
     for heads in ("standard", "adversarial"):
         add(f"meta/{heads}", f"teacher from scratch, 100 % labels, {heads} heads", "teacher",
-            _loop(seeds, plan.finetune_command("train", SEED, heads=heads)),
+            seed_loop(seeds, plan.finetune_command("train", SEED, heads=heads)),
             {s: plan.teacher("train", s, heads=heads) for s in seeds}, list(SPLITS))
         for frac in MISSING_FRACS:
             if f"meta/{heads}@{frac:g}" in unstable:
                 continue
             add(f"meta/{heads}@{frac:g}", f"{heads} heads, {pct(frac)} of metadata hidden",
-                "teacher", _loop(missing_seeds, plan.finetune_command("train", SEED,
+                "teacher", seed_loop(missing_seeds, plan.finetune_command("train", SEED,
                                                                       heads=heads, frac=frac)),
                 {s: plan.teacher("train", s, heads=heads, frac=frac) for s in missing_seeds},
                 list(SPLITS))
@@ -597,23 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, pretrain_steps=args.pretrain_steps,
         finetune_steps=args.finetune_steps, distill_steps=args.distill_steps, arch=args.arch,
         pretraining="once per training seed", files=files, recipe=recipe, commands=commands)
-    result.update(minutes=(time.perf_counter() - t0) / 60, built_minutes=sum(built.values()),
-                  machine={"arch": platform.machine(), "cpus": os.cpu_count(),
-                           "load_average": list(os.getloadavg()),
-                           "python": platform.python_version(),
-                           "torch_threads": torch.get_num_threads()})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_safe(result), indent=2) + "\n")
-    print(render_markdown(result))
-    print(f"\nwrote {out} ({result['minutes']:.1f} min this run; the runs took "
-          f"{result['built_minutes']:.1f} min when built)")
-    return 0
+    return finish(result, out, t0, sum(built.values()), render_markdown)
 
 
 if __name__ == "__main__":
-    from edge_runtime.contract.errors import UserError
-
-    try:
-        sys.exit(main())
-    except UserError as err:
-        sys.exit(f"error: {err}")
+    run_script(main)

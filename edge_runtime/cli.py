@@ -3,13 +3,15 @@
     edge-runtime --config firmware_configs/raspberry-pi-4.toml          # run (microphone)
     edge-runtime --model m.tflite --input rec.wav --mqtt-host broker    # replay a file
     arecord -f S16_LE -r 48000 -c 2 -t raw | edge-runtime --model m.tflite --input - \\
-        --stdin-rate 48000 --stdin-channels 2                           # raw PCM on stdin
+        --stdin-rate 48000 --stdin-channels 2 --audio-stdin-pace realtime  # live PCM on stdin
     edge-runtime --config my.toml --check                               # validate everything
     edge-runtime --list-devices
 
 Exit codes: 0 done (end of file, or SIGTERM/SIGINT after a graceful drain), 1 runtime failure
 or `--check` found problems, 2 a user mistake (config, model, input), printed without a
-traceback.
+traceback, 3 stalled (a live source delivered no audio, or inference made no progress, for
+audio.stall_s), 4 a live source (microphone, realtime stdin) ended by itself. 3 and 4 exist so
+that systemd's Restart= brings an unattended recorder back (see edge_runtime/watchdog.py).
 """
 
 # ruff: noqa: E402  (the BLAS setting below must precede every numpy import)
@@ -53,12 +55,14 @@ from edge_runtime.config import (
     flag_overrides,
     load_config,
     read_password,
-    suggest,
 )
-from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.errors import UserError, quiet_broken_pipe
 from edge_runtime.contract.events import DecoderConfig
 from edge_runtime.contract.model import TFLiteModel, model_geometry
-from edge_runtime.stream import Detector, Pipeline, detection_message
+from edge_runtime.detect import Detector, Pipeline, decoder_settings
+from edge_runtime.message import message_builder
+from edge_runtime.sinks import FanOut, Sink
+from edge_runtime.watchdog import Watchdog
 
 log = logging.getLogger("edge_runtime")
 
@@ -100,16 +104,11 @@ def load_model(cfg: RuntimeConfig) -> TFLiteModel:
 def decoder_config(cfg: RuntimeConfig, model: TFLiteModel) -> DecoderConfig:
     """The card's per-label decoder settings, overridden by [model]; the labels the card
     marks undetectable are off unless model.emit_undetectable."""
-    labels = list(model.card.labels)
-    thresholds = list(model.card.thresholds)
-    for label, value in cfg.model.thresholds.items():
-        if label not in labels:
-            raise UserError(f"model.thresholds: the model has no label {label!r}"
-                            f"{suggest(label, labels)}; labels are {', '.join(labels)}")
-        thresholds[labels.index(label)] = value
     m = cfg.model
-    return model.card.decoder_config(thresholds, m.hysteresis, m.min_duration_s, m.merge_gap_s,
-                                     m.max_duration_s, m.emit_undetectable)
+    return decoder_settings(model.card, thresholds=m.thresholds, hysteresis=m.hysteresis,
+                            min_duration_s=m.min_duration_s, merge_gap_s=m.merge_gap_s,
+                            max_duration_s=m.max_duration_s,
+                            emit_undetectable=m.emit_undetectable)
 
 
 def suppressed_text(cfg: RuntimeConfig, model: TFLiteModel) -> str:
@@ -123,7 +122,8 @@ def make_source(cfg: RuntimeConfig, model_rate: int) -> Source:
     if a.input == "mic":
         return MicSource(a.mic_device, a.mic_rate, a.mic_channels, model_rate, a.block_s)
     if a.input == "-":
-        return StdinSource(cfg.stdin.format, cfg.stdin.rate, cfg.stdin.channels, a.block_s)
+        return StdinSource(cfg.stdin.format, cfg.stdin.rate, cfg.stdin.channels, a.block_s,
+                           pace=a.stdin_pace)
     return WavSource(a.input, a.block_s, a.realtime)
 
 
@@ -145,18 +145,26 @@ def cpu_temperature() -> float | None:
     return None
 
 
-def make_publisher(cfg: RuntimeConfig):
-    if not cfg.mqtt.enabled:
-        from edge_runtime.publish import PrintPublisher
+def make_sinks(cfg: RuntimeConfig, model: TFLiteModel) -> FanOut:
+    """The outputs `cfg` asks for: MQTT (or stdout), then clips."""
+    d = cfg.device
+    to_message = message_builder(model.card, cfg.device_id, d.site, d.lat, d.lon)
+    sinks: list[Sink] = []
+    if cfg.clips.dir:  # first: a clips.dir that cannot be created is a user error before connecting
+        from edge_runtime.sinks.clips import ClipRecorder
 
-        return PrintPublisher()
-    from edge_runtime.outbox import Outbox
-    from edge_runtime.publish import MqttPublisher
+        c = cfg.clips
+        sinks.append(ClipRecorder(c.dir, model.card.sample_rate, c.pre_s, c.post_s, c.max_files,
+                                  c.max_mb, cfg.model.max_duration_s))
+    if cfg.mqtt.enabled:
+        from edge_runtime.sinks.mqtt import open_mqtt_sink
 
-    outbox = Outbox(cfg.outbox.path, int(cfg.outbox.max_mb * 1024 * 1024))
-    publisher = MqttPublisher(cfg.mqtt, cfg.device_id, outbox, read_password(cfg.mqtt))
-    publisher.start()
-    return publisher
+        sinks.insert(0, open_mqtt_sink(cfg, to_message))
+    else:
+        from edge_runtime.sinks.print import PrintSink
+
+        sinks.insert(0, PrintSink(to_message))
+    return FanOut(sinks)
 
 
 # ------------------------------------------------------------------------- run
@@ -171,37 +179,28 @@ def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None) -> int:
     conformer = Conformer(source.sample_rate, source.channels, card.sample_rate,
                           cfg.audio.channel, cfg.audio.resampler)
     start_time = parse_start_time(cfg.audio.start_time, cfg.audio.input)
-    clips = None
-    if cfg.clips.dir:
-        from edge_runtime.clips import ClipRecorder
-
-        clips = ClipRecorder(cfg.clips.dir, card.sample_rate, cfg.clips.pre_s, cfg.clips.post_s,
-                             cfg.clips.max_files, cfg.clips.max_mb, cfg.model.max_duration_s)
     log.info("model: %s", model.describe())
     if suppressed_text(cfg, model):
         log.info("not emitted, the card marks them undetectable (--emit-undetectable emits "
                  "them): %s", suppressed_text(cfg, model))
     log.info("audio: %s -> %d Hz mono (channel %s); windows of %d samples every %d",
              source.description, card.sample_rate, cfg.audio.channel, geometry.window, geometry.hop)
-    publisher = make_publisher(cfg)
-    d = cfg.device
-
-    def emit(detections) -> None:
-        for det in detections:
-            publisher.publish(detection_message(det, card, cfg.device_id, d.site, d.lat, d.lon))
-            log.info("detected %s %.3f-%.3f s (max %.2f) id %s", det.label, det.stream_start_s,
-                     det.stream_end_s, det.confidence_max, det.event_id)
-        if clips is not None:
-            clips.add(detections)
-
+    sinks = make_sinks(cfg, model)
     started = time.time()
     detector = Detector(model.window_fn, card, geometry, decoder, cfg.device_id,
                         start_time if start_time is not None else started)
-    pipeline = Pipeline(source, conformer, detector, emit, cfg.audio.buffer_s,
-                        tap=clips.feed if clips is not None else None)
+    # A microphone or a live pipe should never end: if it does, or stalls, exit non-zero
+    # so that systemd restarts the recorder. A file (even paced in real time) just ends.
+    endless = isinstance(source, MicSource) or (isinstance(source, StdinSource) and source.live)
+    watchdog = Watchdog.from_env(live=endless, stall_s=cfg.audio.stall_s,
+                                 health_file=cfg.log.health_file, stats=lambda: stats())
+    pipeline = Pipeline(source, conformer, detector, sinks, cfg.audio.buffer_s,
+                        progress=watchdog)
+    watchdog.backlog = lambda: pipeline.ring.fill
 
     def stats() -> dict[str, Any]:
         return {"uptime_s": round(time.time() - started, 1), **pipeline.stats(),
+                **watchdog.stats(),
                 "invoke_s": round(model.invoke_s, 4), "frontend_s": round(model.frontend_s, 4),
                 "cpu_temp_c": cpu_temperature(),
                 "model": {"name": card.name, "version": card.version, "sha256": card.sha256}}
@@ -220,19 +219,21 @@ def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None) -> int:
         next_stats = time.monotonic()
         stopping = False
         while not pipeline.done:
-            if stop.is_set() and not stopping:
+            stalled = watchdog.check()
+            if (stop.is_set() or stalled) and not stopping:
                 stopping = True
                 pipeline.stop()
+                if stalled:  # inference may be hung: do not wait for it without a limit
+                    pipeline.join(5.0)
+                    break
             if time.monotonic() >= next_stats:
-                publisher.status(stats())
+                sinks.status(stats())
                 next_stats = time.monotonic() + cfg.mqtt.stats_interval_s
             pipeline.join(0.1)  # returns at once when the input ends
         pipeline_s = time.perf_counter() - t0
-        if clips is not None:
-            clips.flush()
         final = stats()
-        publisher.status(final)
-        remaining = publisher.close(cfg.outbox.drain_timeout_s)
+        sinks.status(final)
+        remaining = sinks.close(cfg.outbox.drain_timeout_s)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -244,11 +245,10 @@ def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None) -> int:
                       frontend_s=model.frontend_s,
                       invokes=model.invokes, unsent=remaining)
     if pipeline.error is not None:
-        if isinstance(pipeline.error, UserError):
+        if isinstance(pipeline.error, (UserError, BrokenPipeError)):  # `| head`: quiet
             raise pipeline.error
         log.error("runtime failed", exc_info=pipeline.error)
-        return 1
-    return 0
+    return watchdog.finish(signalled=stop.is_set(), failed=pipeline.error is not None)
 
 
 # ------------------------------------------------------------------------- --check
@@ -334,6 +334,7 @@ def _list_devices() -> int:
     return 0
 
 
+@quiet_broken_pipe()  # `edge-runtime ... | head`: exit 141, no traceback
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

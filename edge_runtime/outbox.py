@@ -7,6 +7,8 @@ handed to the network, and leaves only when the broker acknowledged it (PUBACK).
 * Duplicates: the ids of the last `ACKED_KEEP` acknowledged detections are remembered, so a
   restart that re-processes the same audio (same start time -> same event ids) does not send
   them again. A detection that is still unacknowledged is simply kept once.
+* Privacy: a new outbox file is created 0600 (SQLite gives its -wal/-shm files the same
+  mode) and missing folders 0700, whatever the umask.
 * Disk budget (`max_bytes`, payloads plus a per-row overhead estimate): when the outbox is
   full, NEW detections are refused, counted in `lost` and logged at ERROR level; status shows
   `outbox_full`. The backlog is never dropped to make room: it is the oldest, already-promised
@@ -22,6 +24,7 @@ import threading
 from pathlib import Path
 
 from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.private_files import private_file, private_folder
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ class Outbox:
         self._lock = threading.Lock()
         try:
             if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                private_folder(Path(self.path).parent)
+                private_file(self.path)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                        timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")

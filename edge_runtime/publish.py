@@ -15,9 +15,10 @@ MQTT (paho-mqtt 2.x, MQTT 3.1.1):
   `stats_interval_s`. Kept off the availability topic so "online"/"offline" stays a plain
   string any dashboard understands; subscribe to `<prefix>/<device>/status/#` for both.
 * reconnects: paho's capped exponential backoff (reconnect_min_s .. reconnect_max_s) plus a
-  random jitter of up to half the current delay, so a fleet does not reconnect in lock-step
-  after a broker restart. A broker that is down at boot is normal operation: detections
-  queue in the outbox. Refused credentials are logged as errors and retried with backoff.
+  random jitter (edge_runtime/mqtt_client.py, the client factory shared with the server). A
+  broker that is down at boot is normal operation: detections queue in the outbox. Each
+  distinct connection problem (nothing listening, TLS, refused credentials) is named once at
+  WARNING and shown as `connection_problem` in the stats until a connection works again.
 
 Threads: paho's network thread only runs callbacks that put events on a queue (paho holds
 its message lock while calling on_publish); one sender thread owns the outbox <-> paho
@@ -29,18 +30,24 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
-import random
-import ssl
 import sys
 import threading
 import time
 from typing import Any, Protocol, TextIO
 
-from edge_runtime.config import MqttConfig
-from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.times import iso_utc
+from edge_runtime.message import stamp_published
+from edge_runtime.mqtt_client import (
+    ConnectionMonitor,
+    MqttConfig,
+    broker_address,
+    broker_port,
+    closed_during_connect_cause,
+    connect_error_cause,
+    make_client,
+    refusal_cause,
+)
 from edge_runtime.outbox import FULL, STORED, Outbox
 
 log = logging.getLogger(__name__)
@@ -79,7 +86,7 @@ class PrintPublisher:
 
     def stats(self) -> dict[str, Any]:
         return {"outbox_depth": 0, "outbox_bytes": 0, "outbox_full": False, "events_lost": 0,
-                "published": self.published, "connected": None}
+                "published": self.published, "connected": None, "connection_problem": None}
 
     def close(self, timeout_s: float) -> int:
         return 0
@@ -91,43 +98,12 @@ def topics(cfg: MqttConfig, device_id: str) -> dict[str, str]:
             "stats": f"{base}/status/stats"}
 
 
-def _require_file(path: str, what: str) -> None:
-    if path and not os.path.isfile(path):
-        raise UserError(f"mqtt.{what} {path}: file not found")
-
-
-def make_client(cfg: MqttConfig, device_id: str, password: str | None, suffix: str = ""):
-    """A configured paho client (will, credentials, TLS), not yet connected."""
-    from paho.mqtt import client as mqtt
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=(cfg.client_id or f"edge-runtime-{device_id}") + suffix,
-                         protocol=mqtt.MQTTv311, clean_session=True)
-    # The last will must be registered before connecting: the broker stores it in CONNECT.
-    client.will_set(topics(cfg, device_id)["status"], "offline", qos=1, retain=True)
-    if cfg.username:
-        client.username_pw_set(cfg.username, password)
-    elif password:
-        raise UserError("an MQTT password is set (file or environment) but mqtt.username is empty")
-    if cfg.tls:
-        for path, what in ((cfg.ca_file, "ca_file"), (cfg.cert_file, "cert_file"),
-                           (cfg.key_file, "key_file")):
-            _require_file(path, what)
-        try:
-            client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None,
-                           keyfile=cfg.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
-        except (ssl.SSLError, OSError, ValueError) as err:
-            raise UserError(f"mqtt TLS files (ca {cfg.ca_file!r}, cert {cfg.cert_file!r}, key "
-                            f"{cfg.key_file!r}) cannot be loaded: {err}") from None
-    elif cfg.ca_file or cfg.cert_file:
-        log.warning("mqtt.ca_file/cert_file are set but mqtt.tls is false: connecting in clear")
-    client.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)  # floats work
+def device_client(cfg: MqttConfig, device_id: str, password: str | None, suffix: str = ""):
+    """The device's paho client: its client id and the retained "offline" last will."""
+    client = make_client(cfg, (cfg.client_id or f"edge-runtime-{device_id}") + suffix, password,
+                         will=(topics(cfg, device_id)["status"], "offline"))
     client.max_inflight_messages_set(cfg.max_inflight)
     return client
-
-
-def broker_port(cfg: MqttConfig) -> int:
-    return cfg.port or (8883 if cfg.tls else 1883)
 
 
 class MqttPublisher:
@@ -137,19 +113,18 @@ class MqttPublisher:
                  password: str | None = None):
         self.cfg, self.device_id, self.outbox = cfg, device_id, outbox
         self.topics = topics(cfg, device_id)
-        self.address = f"{cfg.host}:{broker_port(cfg)}"
-        self.client = make_client(cfg, device_id, password)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_publish = self._on_publish
+        self.address = broker_address(cfg)
+        self.client = device_client(cfg, device_id, password)
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self.connection = ConnectionMonitor(
+            cfg, self.client, self._stop, on_connected=lambda client: self._events.put(
+                ("connected", None)), on_lost=self._on_lost,
+            consequence="detections are kept in the outbox")
+        self.client.on_publish = self._on_publish
         self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
         self._last_seq = 0  # highest outbox seq handed to paho by this process
-        self._stop = threading.Event()
-        self._connected = False
-        self._failures = 0  # consecutive failed connection attempts
-        self._refused_reason = ""
+        self._connected = False  # as the sender thread sees it (events in order)
         self._last_stats: dict[str, Any] | None = None
         self.published = 0  # acknowledged by the broker
         self.connects = 0
@@ -206,51 +181,16 @@ class MqttPublisher:
         return {"outbox_depth": self.outbox.depth, "outbox_bytes": self.outbox.bytes_used,
                 "outbox_full": self.outbox.full, "events_lost": self.outbox.lost,
                 "published": self.published, "connected": self._connected,
-                "connects": self.connects}
+                "connects": self.connects, "connection_problem": self.connection.problem}
 
     # ---------------------------------------------------------------- paho callbacks (network thread)
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self._failures += 1
-            reason = str(reason_code)
-            if reason != self._refused_reason:
-                hint = (" (check mqtt.username and the password file/environment variable)"
-                        if "authori" in reason.lower() or "password" in reason.lower() else "")
-                log.error("MQTT broker %s refused the connection: %s%s; retrying with backoff",
-                          self.address, reason, hint)
-                self._refused_reason = reason
-            self._jitter()
-            return
-        self._failures = 0
-        self._refused_reason = ""
-        self._events.put(("connected", None))
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        was = self._connected
+    def _on_lost(self, reason_code) -> None:
         self._events.put(("disconnected", None))
-        if was and not self._stop.is_set():
-            log.warning("MQTT: lost connection to %s (%s); detections queue in the outbox",
-                        self.address, reason_code)
-        if not self._stop.is_set():
-            self._jitter()
-
-    def _on_connect_fail(self, client, userdata) -> None:
-        self._failures += 1
-        if self._failures == 1 or self._failures % 20 == 0:
-            log.warning("MQTT broker %s unreachable%s (attempt %d); detections are kept in the "
-                        "outbox; retrying with backoff up to %g s (`edge-runtime --check` shows "
-                        "details)", self.address, " or TLS handshake failed" if self.cfg.tls else "",
-                        self._failures, self.cfg.reconnect_max_s)
-        self._jitter()
+        log.warning("MQTT: lost connection to %s (%s); detections queue in the outbox",
+                    self.address, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._events.put(("ack", mid))
-
-    def _jitter(self) -> None:
-        """Runs before paho's backoff wait: spread reconnects over up to half the delay."""
-        delay = min(self.cfg.reconnect_max_s,
-                    self.cfg.reconnect_min_s * 2 ** min(self._failures, 30))
-        self._stop.wait(random.uniform(0.0, 0.5 * delay))
 
     # ---------------------------------------------------------------- sender thread
     def _sender_main(self) -> None:
@@ -311,7 +251,7 @@ class MqttPublisher:
             if not rows:
                 return
             for seq, topic, payload in rows:
-                stamped = payload[:-1] + f', "published_at": "{iso_utc(time.time())}"}}'
+                stamped = stamp_published(payload, time.time())
                 info = self.client.publish(topic, stamped, qos=1, retain=False)
                 if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                     log.warning("MQTT: publish of outbox row %d failed (%s); retrying later",
@@ -325,28 +265,27 @@ class MqttPublisher:
 def check_broker(cfg: MqttConfig, device_id: str, password: str | None,
                  timeout_s: float = 5.0) -> tuple[bool, str]:
     """Connect once, synchronously: (ok, what happened) for `edge-runtime --check`."""
-    address = f"{cfg.host}:{broker_port(cfg)}"
+    address = broker_address(cfg)
     # Its own client id (the same id would kick a running runtime off the broker) and no
     # "offline" will: a failed check must not mark a running device offline.
-    client = make_client(cfg, device_id, password, suffix="-check")
+    client = device_client(cfg, device_id, password, suffix="-check")
     client.will_clear()
     result: dict[str, Any] = {}
     client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
+    client.on_disconnect = lambda c, u, f, rc, p: result.setdefault("closed", rc)
     client.connect_timeout = timeout_s
     try:
         client.connect(cfg.host, broker_port(cfg), keepalive=max(5, cfg.keepalive_s))
-    except ssl.SSLCertVerificationError as err:
-        return False, f"{address}: TLS certificate not trusted ({err.verify_message}); check mqtt.ca_file"
-    except (ssl.SSLError, OSError) as err:
-        return False, f"{address}: cannot connect ({err.__class__.__name__}: {err})"
+    except OSError as err:  # ssl.SSLError is one
+        return False, f"{address}: cannot connect: {connect_error_cause(cfg, err)}"
     deadline = time.monotonic() + timeout_s
-    while "rc" not in result and time.monotonic() < deadline:
+    while not result and time.monotonic() < deadline:
         client.loop(timeout=0.1)
     client.disconnect()
+    if "rc" in result and result["rc"].is_failure:
+        return False, f"{address}: broker {refusal_cause(result['rc'])}"
     if "rc" not in result:
-        return False, f"{address}: no answer to CONNECT within {timeout_s:g} s"
-    rc = result["rc"]
-    if rc.is_failure:
-        return False, f"{address}: broker refused the connection: {rc}"
+        return False, (f"{address}: {closed_during_connect_cause(cfg)}" if "closed" in result
+                       else f"{address}: no answer to CONNECT within {timeout_s:g} s")
     return True, (f"{address}: connected (TLS {'on' if cfg.tls else 'off'}, user "
                   f"{cfg.username or '-'})")

@@ -3,6 +3,7 @@ verify)."""
 
 import sys
 
-from meerkit.cli import main
+from edge_runtime.contract.command_line import run_command_line, subcommand_parser
+from export.cli import register
 
-sys.exit(main(["export", *sys.argv[1:]]))
+sys.exit(run_command_line(subcommand_parser("python -m", register), None, "python -m export"))

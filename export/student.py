@@ -28,6 +28,7 @@ from torch import nn
 from edge_runtime.contract.card import Frontend, LabelDecoder, UndetectableLabel
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.frontend import analysis_window, check_frontend, mel_filterbank, padding
+from edge_runtime.contract.settings import from_mapping
 from train.model.heads import init_prior_bias
 
 FORMAT = "meerkit-student"
@@ -119,8 +120,10 @@ class StudentConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StudentConfig:
-        return cls(**{**data, "dilations": tuple(data["dilations"])})
+    def from_dict(cls, data: dict[str, Any], where: str = "student config") -> StudentConfig:
+        """Fields missing from older checkpoints get their defaults; unknown keys and wrong
+        types are one-line `UserError`s."""
+        return from_mapping(cls, data, where)
 
 
 ARCHS = {"pico": StudentConfig.pico, "small": StudentConfig.small, "tcn": StudentConfig.tcn,
@@ -317,13 +320,8 @@ class StudentSpec:
                 "undetectable_labels": [dataclasses.asdict(u) for u in self.undetectable_labels]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StudentSpec:
-        return cls(data["arch"], StudentConfig.from_dict(data["config"]),
-                   Frontend(**data["frontend"]), int(data["sample_rate"]),
-                   float(data["window_s"]), float(data["hop_s"]), tuple(data["labels"]),
-                   tuple(float(t) for t in data["thresholds"]),
-                   tuple(LabelDecoder(**d) for d in data.get("decoder", [])),
-                   tuple(UndetectableLabel(**u) for u in data.get("undetectable_labels", [])))
+    def from_dict(cls, data: dict[str, Any], where: str = "student spec") -> StudentSpec:
+        return from_mapping(cls, data, where)
 
 
 def save_student(path: Path, model: Student, spec: StudentSpec,
@@ -344,7 +342,7 @@ def student_from_record(record: dict[str, Any], path: str | Path
     if record.get("version", 0) > VERSION:
         raise UserError(f"{path}: written by a newer meerkit (student format {record['version']})")
     try:
-        spec = StudentSpec.from_dict(record["spec"])
+        spec = StudentSpec.from_dict(record["spec"], f"{path}: student spec")
         model = spec.build()
         model.load_state_dict(record["state"])
     except (KeyError, TypeError, RuntimeError) as err:

@@ -1,282 +1,83 @@
 """`meerkit subscribe`: the reference central-server subscriber. MQTT detections in, validated
-and de-duplicated rows in SQLite (default, WAL) or PostgreSQL out.
+and de-duplicated rows in SQLite (default, WAL) or PostgreSQL out. It never dies of its input.
 
 * Topic `<prefix>/+/detections`, QoS 1. With a group name, `$share/<group>/<prefix>/+/detections`:
   an MQTT shared subscription, so N subscribers in one group split the stream between them
   (each message goes to one member) — horizontal scaling without coordination. mosquitto 2,
   EMQX, HiveMQ and VerneMQ accept it from MQTT 3.1.1 clients, which is what this one is.
-* Each payload is checked against schemas/detection.schema.json, and its device_id against the
-  topic; anything else is rejected, counted by reason and logged in one line (never the whole
-  payload). Payloads over 64 KiB are rejected unparsed (a detection is < 1 KiB).
-* Delivery is at least once, so rows are keyed by event_id (stable across resends):
-  `INSERT ... ON CONFLICT DO NOTHING`; a duplicate is counted, not stored twice.
-* A message is acknowledged (PUBACK, manual ack) only after its row is committed, so a crash or
-  a database outage never loses an acknowledged detection. With `client_id` set the session is
-  persistent (clean_session false): the broker keeps QoS 1 messages while the subscriber is down.
-* Runs until SIGINT/SIGTERM, `timeout_s`, or `max_messages` new detections stored. Counts
-  (received, stored, duplicates, rejected) are logged every `stats_interval_s` and on exit.
-
-Stores: one small interface (`Store.add(row) -> stored?`, `count()`, `close()`) with two
-implementations; psycopg and jsonschema are imported only when needed (the `server` extra).
+* Every payload ends one of three ways: stored (once per event_id), a duplicate (the same
+  event_id and content again: QoS 1 is at least once), or rejected — invalid
+  (server/validate.py), or a `conflict` (an event_id already stored with other content, never
+  merged) — counted by reason, logged in one line (never the whole payload) and kept in the
+  dead-letter table with its topic and first bytes.
+* A message is acknowledged (PUBACK, manual ack) only after its row or dead letter is
+  committed. Only a failure of the store itself (`StoreUnavailable`) stops acknowledgement and
+  the subscriber; an exception about one payload is a rejection. With `client_id` set the
+  session is persistent (clean_session false): the broker keeps QoS 1 messages meanwhile.
+* A broker that is down, refuses the credentials or fails TLS is retried with backoff; each
+  distinct cause is logged once (edge_runtime/mqtt_client.py).
+* Runs until SIGINT/SIGTERM, `timeout_s`, or `max_messages` new detections stored. Counts are
+  logged every `stats_interval_s` and on exit.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
-import sqlite3
-import ssl
 import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Protocol, TextIO
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TextIO
 
-import edge_runtime.contract
 from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.times import iso_utc
+from edge_runtime.mqtt_client import (
+    ConnectionMonitor,
+    MqttConfig,
+    broker_address,
+    broker_port,
+    make_client,
+    read_password,
+)
+from server.stores import (
+    HEAD_BYTES,
+    DeadLetter,
+    Row,
+    Store,
+    StoreUnavailable,
+    differing_fields,
+    open_store,
+)
+from server.validate import Validator, Verdict, short
 
 log = logging.getLogger(__name__)
 
-SCHEMA_PATH = Path(edge_runtime.contract.__file__).resolve().parent / "schemas" / "detection.schema.json"
-MAX_PAYLOAD = 64 * 1024
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+STORED, DUPLICATE, REJECTED = "stored", "duplicate", "rejected"
 
 
 @dataclass
 class SubscriberConfig:
-    host: str = "localhost"
-    port: int = 0  # 0 = 1883, or 8883 with TLS
-    tls: bool = False  # implied by ca_file / cert_file
-    ca_file: str = ""  # "" with tls = the system CA store
-    cert_file: str = ""  # client certificate (mutual TLS)
-    key_file: str = ""
-    username: str = ""
-    password_file: str = ""
-    password_env: str = "MEERKIT_MQTT_PASSWORD"
-    topic_prefix: str = "meerkit"
+    mqtt: MqttConfig = field(default_factory=MqttConfig)  # ca_file/cert_file imply TLS here
     group: str = ""  # shared-subscription group; "" = receive everything
-    client_id: str = ""  # "" = a random id and a clean session
     db: str = "sqlite:///detections.sqlite"  # or postgresql://user@host/db
     table: str = "detections"
     max_messages: int = 0  # stop after this many new detections are stored; 0 = never
     timeout_s: float = 0.0  # stop after this many seconds; 0 = never
     print_format: str = ""  # "" | "text" | "json": one line per stored detection on stdout
     stats_interval_s: float = 60.0
-    keepalive_s: int = 30
-
-    @property
-    def use_tls(self) -> bool:
-        return self.tls or bool(self.ca_file or self.cert_file)
-
-    @property
-    def broker_port(self) -> int:
-        return self.port or (8883 if self.use_tls else 1883)
 
     @property
     def topic(self) -> str:
-        topic = f"{self.topic_prefix}/+/detections"
+        topic = f"{self.mqtt.topic_prefix}/+/detections"
         return f"$share/{self.group}/{topic}" if self.group else topic
 
 
-# ------------------------------------------------------------------------- rows and stores
-@dataclass(frozen=True)
-class Row:
-    event_id: str
-    device_id: str
-    label: str
-    start_utc: str
-    end_utc: str
-    duration_s: float
-    confidence_max: float
-    confidence_mean: float
-    model_name: str
-    model_version: str
-    model_sha256: str
-    lat: float | None
-    lon: float | None
-    site: str
-    published_at: str
-    received_at: str
-    payload: str  # the message as received (JSON text)
-
-    @classmethod
-    def from_message(cls, msg: dict[str, Any], payload: str, received_at: str) -> Row:
-        loc = msg.get("location") or {}
-        return cls(msg["event_id"], msg["device_id"], msg["label"], msg["start"], msg["end"],
-                   float(msg["duration_s"]), float(msg["confidence"]["max"]),
-                   float(msg["confidence"]["mean"]), msg["model"]["name"],
-                   msg["model"]["version"], msg["model"]["sha256"], loc.get("lat"),
-                   loc.get("lon"), msg.get("site", ""), msg["published_at"], received_at,
-                   payload)
-
-
-COLUMNS = tuple(Row.__dataclass_fields__)
-
-
-class Store(Protocol):
-    def add(self, row: Row) -> bool:
-        """Insert and commit; False if a row with this event_id already exists."""
-
-    def count(self) -> int:
-        """Rows stored."""
-
-    def close(self) -> None: ...
-
-
-def _table(name: str) -> str:
-    if not _IDENT.match(name):
-        raise UserError(f"--table {name!r}: letters, digits and _ only")
-    return name
-
-
-class SQLiteStore:
-    """SQLite in WAL mode; several subscribers may share the file (busy timeout)."""
-
-    def __init__(self, path: str | Path, table: str = "detections"):
-        self.path, self.table = Path(path), _table(table)
-        if self.path.parent and not self.path.parent.is_dir():
-            raise UserError(f"--db {self.path}: folder {self.path.parent} does not exist")
-        try:
-            # The paho network thread writes; nothing else touches the connection meanwhile.
-            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0,
-                                      isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed row survives power loss, and only then is it acknowledged.
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(f"""
-                CREATE TABLE IF NOT EXISTS {self.table} (
-                    event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, label TEXT NOT NULL,
-                    start_utc TEXT NOT NULL, end_utc TEXT NOT NULL, duration_s REAL NOT NULL,
-                    confidence_max REAL NOT NULL, confidence_mean REAL NOT NULL,
-                    model_name TEXT NOT NULL, model_version TEXT NOT NULL,
-                    model_sha256 TEXT NOT NULL, lat REAL, lon REAL, site TEXT NOT NULL,
-                    published_at TEXT NOT NULL, received_at TEXT NOT NULL,
-                    payload TEXT NOT NULL);
-                CREATE INDEX IF NOT EXISTS {self.table}_device_start
-                    ON {self.table} (device_id, start_utc);
-                CREATE INDEX IF NOT EXISTS {self.table}_label_start
-                    ON {self.table} (label, start_utc);
-            """)
-        except sqlite3.Error as err:
-            raise UserError(f"--db {self.path}: cannot open the SQLite database ({err})") from None
-        self._insert = (f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES "
-                        f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT (event_id) DO NOTHING")
-
-    def add(self, row: Row) -> bool:
-        cur = self.db.execute(self._insert, tuple(getattr(row, c) for c in COLUMNS))
-        return cur.rowcount == 1
-
-    def count(self) -> int:
-        return self.db.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
-
-    def close(self) -> None:
-        self.db.close()
-
-
-class PostgresStore:
-    """PostgreSQL via psycopg 3 (autocommit: each insert is its own transaction)."""
-
-    def __init__(self, url: str, table: str = "detections"):
-        try:
-            psycopg = importlib.import_module("psycopg")
-        except ImportError:
-            raise UserError("--db postgresql://... needs psycopg 3: "
-                            "`pip install 'meerkit[server]'`") from None
-        self.table = _table(table)
-        try:
-            self.db = psycopg.connect(url, autocommit=True)
-        except psycopg.Error as err:
-            raise UserError(f"--db: cannot connect to PostgreSQL ({_redact(url)}): "
-                            f"{str(err).strip()}") from None
-        self.db.execute(f"""
-            CREATE TABLE IF NOT EXISTS {self.table} (
-                event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, label TEXT NOT NULL,
-                start_utc TIMESTAMPTZ NOT NULL, end_utc TIMESTAMPTZ NOT NULL,
-                duration_s DOUBLE PRECISION NOT NULL, confidence_max DOUBLE PRECISION NOT NULL,
-                confidence_mean DOUBLE PRECISION NOT NULL, model_name TEXT NOT NULL,
-                model_version TEXT NOT NULL, model_sha256 TEXT NOT NULL,
-                lat DOUBLE PRECISION, lon DOUBLE PRECISION, site TEXT NOT NULL,
-                published_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL,
-                payload JSONB NOT NULL)""")
-        for cols in ("device_id, start_utc", "label, start_utc"):
-            name = f"{self.table}_{cols.split(',')[0]}_start"
-            self.db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} ({cols})")
-        self._insert = (f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES "
-                        f"({', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (event_id) DO NOTHING")
-
-    def add(self, row: Row) -> bool:
-        cur = self.db.execute(self._insert, tuple(getattr(row, c) for c in COLUMNS))
-        return cur.rowcount == 1
-
-    def count(self) -> int:
-        return self.db.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0]
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
-
-
-def open_store(url: str, table: str = "detections") -> Store:
-    """`sqlite:///relative.db`, `sqlite:////absolute.db`, a plain path, or postgresql://..."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url, table)
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(url[len("sqlite:///"):], table)
-    if "://" in url:
-        raise UserError(f"--db {_redact(url)}: expected sqlite:///FILE or postgresql://...")
-    return SQLiteStore(url, table)
-
-
-# ------------------------------------------------------------------------- validation
-class Validator:
-    """Payload bytes -> (message, "") if valid, else (None, reason)."""
-
-    def __init__(self) -> None:
-        try:
-            jsonschema = importlib.import_module("jsonschema")
-        except ImportError:
-            raise UserError("meerkit subscribe validates with jsonschema: "
-                            "`pip install 'meerkit[server]'`") from None
-        schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-        self._validator = jsonschema.Draft202012Validator(schema)
-        self._best_match = jsonschema.exceptions.best_match
-
-    def check(self, topic: str, payload: bytes) -> tuple[dict[str, Any] | None, str, str]:
-        """(message, reason, detail); reason is "" for a valid message."""
-        if len(payload) > MAX_PAYLOAD:
-            return None, "too_large", f"{len(payload)} bytes (limit {MAX_PAYLOAD})"
-        try:
-            msg = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            return None, "invalid_json", str(err)
-        error = self._best_match(self._validator.iter_errors(msg))
-        if error is not None:
-            where = "/".join(map(str, error.absolute_path)) or "(message)"
-            return None, "schema", f"{where}: {_short(error.message)}"
-        parts = topic.split("/")
-        if len(parts) < 3 or parts[-2] != msg["device_id"]:
-            return None, "topic_mismatch", (f"device_id {_short(msg['device_id'])!r} published on "
-                                            f"{_short(topic)}")
-        return msg, "", ""
-
-
-def _short(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split())  # one log line, whatever the driver's message holds
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
-
-
-# ------------------------------------------------------------------------- the subscriber
 @dataclass
 class Counts:
     received: int = 0
@@ -291,10 +92,6 @@ class Counts:
                 f"rejected {self.rejected}{f' ({why})' if why else ''}")
 
 
-def _now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def format_detection(msg: dict[str, Any]) -> str:
     """One human-readable line per detection (`--print`)."""
     return (f"{msg['start']}  {msg['device_id']}  {msg['label']}  "
@@ -303,51 +100,98 @@ def format_detection(msg: dict[str, Any]) -> str:
 
 
 class Subscriber:
-    """Validates, stores and counts messages; `run()` connects to the broker and loops."""
+    """Validates, stores and counts messages; `run()` connects to the broker and loops.
+    `clock` gives the Unix time recorded as received_at."""
 
-    def __init__(self, cfg: SubscriberConfig, store: Store, out: TextIO | None = None):
-        self.cfg, self.store = cfg, store
+    def __init__(self, cfg: SubscriberConfig, store: Store, out: TextIO | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.cfg, self.store, self.clock = cfg, store, clock
+        self.mqtt = replace(cfg.mqtt, tls=cfg.mqtt.tls or bool(cfg.mqtt.ca_file
+                                                               or cfg.mqtt.cert_file))
         self.out = out or sys.stdout
         self.validator = Validator()
         self.counts = Counts()
         self.stop = threading.Event()
         self.subscribed = threading.Event()  # the broker granted the subscription
         self.fatal: Exception | None = None
+        self.connection: ConnectionMonitor | None = None
         self._lock = threading.Lock()
 
+    # ----------------------------------------------------------------- one message
     def handle(self, topic: str, payload: bytes) -> str:
-        """One message: "stored", "duplicate" or "rejected". Store errors propagate."""
-        msg, reason, detail = self.validator.check(topic, payload)
+        """One message: STORED, DUPLICATE or REJECTED. Raises only StoreUnavailable."""
+        received_at = iso_utc(self.clock())
+        verdict = self.validator.check(topic, payload)
         with self._lock:
             self.counts.received += 1
-            if msg is None:
-                self.counts.rejected += 1
-                self.counts.reasons[reason] += 1
-                log.warning("rejected message on %s (%s): %s", _short(topic, 100), reason, detail)
-                return "rejected"
-        stored = self.store.add(Row.from_message(msg, payload.decode("utf-8"), _now_utc()))
-        with self._lock:
-            if not stored:
+        if verdict.ok:
+            try:
+                outcome, verdict = self._store(verdict, payload, received_at)
+            except StoreUnavailable:
+                raise
+            except Exception as err:  # about this row (a value the store cannot take)
+                verdict = Verdict(None, "store_refused", short(f"{type(err).__name__}: {err}"),
+                                  verdict.event_id)
+            else:
+                if outcome != REJECTED:
+                    return outcome
+        self._reject(topic, payload, verdict, received_at)
+        return REJECTED
+
+    def _store(self, verdict: Verdict, payload: bytes, received_at: str) -> tuple[str, Verdict]:
+        msg = verdict.message
+        assert msg is not None
+        if self.store.add(Row.from_message(msg, payload.decode("utf-8"), received_at)):
+            with self._lock:
+                self.counts.stored += 1
+            self._print(msg)
+            if self.cfg.max_messages and self.counts.stored >= self.cfg.max_messages:
+                self.stop.set()
+            return STORED, verdict
+        existing = self.store.get(msg["event_id"])
+        changed = differing_fields(existing, msg) if existing is not None else ["(gone)"]
+        if not changed:
+            with self._lock:
                 self.counts.duplicates += 1
-                return "duplicate"
-            self.counts.stored += 1
-        if self.cfg.print_format:
-            line = (json.dumps(msg, separators=(",", ":")) if self.cfg.print_format == "json"
-                    else format_detection(msg))
+            return DUPLICATE, verdict
+        return REJECTED, Verdict(None, "conflict", f"event_id {msg['event_id']} is stored with "
+                                                   f"other {', '.join(changed)}", msg["event_id"])
+
+    def _reject(self, topic: str, payload: bytes, verdict: Verdict, received_at: str) -> None:
+        with self._lock:
+            self.counts.rejected += 1
+            self.counts.reasons[verdict.reason] += 1
+        log.warning("rejected message on %s (%s): %s", short(topic, 100), verdict.reason,
+                    verdict.detail)
+        head = payload if verdict.reason == "conflict" else payload[:HEAD_BYTES]
+        letter = DeadLetter(received_at, verdict.reason, short(verdict.detail, 1000),
+                            short(topic, 300), verdict.event_id, len(payload), head)
+        try:
+            self.store.dead_letter(letter)
+        except StoreUnavailable:
+            raise
+        except Exception as err:  # counted and logged above; the payload is not worth an outage
+            log.warning("could not keep the rejected message as a dead letter (%s: %s)",
+                        type(err).__name__, short(str(err)))
+
+    def _print(self, msg: dict[str, Any]) -> None:
+        if not self.cfg.print_format:
+            return
+        line = (json.dumps(msg, separators=(",", ":")) if self.cfg.print_format == "json"
+                else format_detection(msg))
+        try:
             print(line, file=self.out, flush=True)
-        if self.cfg.max_messages and self.counts.stored >= self.cfg.max_messages:
-            self.stop.set()
-        return "stored"
+        except (OSError, ValueError) as err:  # stdout's reader went away: keep storing
+            log.warning("--print stopped: cannot write to stdout (%s)", err)
+            self.cfg = replace(self.cfg, print_format="")
 
     # ----------------------------------------------------------------- MQTT callbacks
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self._fail(UserError(f"MQTT broker {self.cfg.host}:{self.cfg.broker_port} refused "
-                                 f"the connection: {reason_code}"))
-            return
-        log.info("connected to %s:%d; subscribing to %s", self.cfg.host, self.cfg.broker_port,
-                 self.cfg.topic)
+    def _on_connected(self, client) -> None:
+        log.info("connected to %s; subscribing to %s", broker_address(self.mqtt), self.cfg.topic)
         client.subscribe(self.cfg.topic, qos=1)  # again on every reconnect (clean sessions)
+
+    def _on_lost(self, reason_code) -> None:
+        log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(rc.is_failure for rc in reason_codes):
@@ -358,20 +202,22 @@ class Subscriber:
         log.info("subscribed to %s", self.cfg.topic)
         self.subscribed.set()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if not self.stop.is_set():
-            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
-
     def _on_message(self, client, userdata, message) -> None:
-        if self.stop.is_set() and self.fatal is not None:
+        if self.fatal is not None:
             return  # not acknowledged: the broker redelivers it
         try:
-            self.handle(message.topic, message.payload)
-        except Exception as err:  # the database: stop without acknowledging
-            self._fail(UserError(f"storing a detection failed ({type(err).__name__}: "
-                                 f"{_short(str(err))}); unacknowledged messages will be "
-                                 "redelivered by the broker"))
+            topic = message.topic
+        except UnicodeDecodeError:  # paho decodes the topic on access
+            topic = message._topic.decode("utf-8", "backslashreplace")
+        try:
+            self.handle(topic, message.payload)
+        except StoreUnavailable as err:
+            self._fail(UserError(f"the database failed ({short(str(err))}); unacknowledged "
+                                 "messages will be redelivered by the broker"))
             return
+        except Exception:  # a bug; paho would otherwise end its network thread
+            log.exception("unexpected error on a message on %s (acknowledged, not stored)",
+                          short(topic, 100))
         client.ack(message.mid, message.qos)
 
     def _fail(self, err: Exception) -> None:
@@ -381,44 +227,27 @@ class Subscriber:
 
     # ----------------------------------------------------------------- main loop
     def _client(self):
-        mqtt = importlib.import_module("paho.mqtt.client")
-        cfg = self.cfg
+        cfg = self.mqtt
         # Random suffix: containers of one deployment may share hostname and pid, and a
         # second client with the same id would make the broker drop the first.
         client_id = cfg.client_id or f"meerkit-sub-{socket.gethostname()}-{os.urandom(4).hex()}"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv311, clean_session=not cfg.client_id,
+        client = make_client(cfg, client_id, read_password(cfg), clean_session=not cfg.client_id,
                              manual_ack=True)
-        password = read_password(cfg)
-        if cfg.username:
-            client.username_pw_set(cfg.username, password)
-        elif password:
-            raise UserError("an MQTT password is set (file or environment) but --username is not")
-        if cfg.use_tls:
-            for path, flag in ((cfg.ca_file, "--tls-ca"), (cfg.cert_file, "--tls-cert"),
-                               (cfg.key_file, "--tls-key")):
-                if path and not os.path.isfile(path):
-                    raise UserError(f"{flag} {path}: file not found")
-            try:
-                client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None,
-                               keyfile=cfg.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
-            except (ssl.SSLError, OSError, ValueError) as err:
-                raise UserError(f"TLS files cannot be loaded: {err}") from None
-        client.reconnect_delay_set(1, 30)
-        client.on_connect, client.on_subscribe = self._on_connect, self._on_subscribe
-        client.on_disconnect, client.on_message = self._on_disconnect, self._on_message
+        self.connection = ConnectionMonitor(cfg, client, self.stop,
+                                            on_connected=self._on_connected, on_lost=self._on_lost)
+        client.on_subscribe, client.on_message = self._on_subscribe, self._on_message
         return client
 
     def run(self) -> int:
         """Until stopped (signal, timeout, max_messages, fatal error). Returns the exit code:
-        0, or 1 when max_messages was set and not reached."""
+        0, or 1 when max_messages was set and not reached or the broker was never reached."""
         cfg = self.cfg
         client = self._client()
-        try:
-            client.connect(cfg.host, cfg.broker_port, keepalive=cfg.keepalive_s)
-        except (OSError, ssl.SSLError) as err:
-            raise UserError(f"cannot connect to the MQTT broker {cfg.host}:{cfg.broker_port}: "
-                            f"{err}") from None
+        log.info("connecting to %s (TLS %s, user %s)", broker_address(self.mqtt),
+                 "on" if self.mqtt.tls else "off", self.mqtt.username or "-")
+        # Asynchronous: a broker that is down at start is retried, not fatal.
+        client.connect_async(self.mqtt.host, broker_port(self.mqtt),
+                             keepalive=self.mqtt.keepalive_s)
         restore = self._install_signals()
         client.loop_start()
         t0 = time.monotonic()
@@ -443,6 +272,11 @@ class Subscriber:
                      self._safe_count())
         if self.fatal is not None:
             raise self.fatal
+        if not self.subscribed.is_set():
+            problem = self.connection.problem if self.connection else None
+            log.warning("never subscribed to %s: %s", broker_address(self.mqtt),
+                        problem or "no answer from the broker")
+            return 1
         if cfg.max_messages and self.counts.stored < cfg.max_messages:
             log.warning("stored %d of the %d detections asked for (--max-messages)",
                         self.counts.stored, cfg.max_messages)
@@ -469,17 +303,6 @@ class Subscriber:
         return lambda: [signal.signal(s, h) for s, h in old.items()]
 
 
-def read_password(cfg: SubscriberConfig) -> str | None:
-    """From --password-file, else the environment variable (never from the command line)."""
-    if cfg.password_file:
-        try:
-            return Path(cfg.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as err:
-            raise UserError(f"--password-file {cfg.password_file}: cannot read "
-                            f"({err.strerror})") from None
-    return os.environ.get(cfg.password_env) if cfg.password_env else None
-
-
 def validate(cfg: SubscriberConfig) -> None:
     if cfg.print_format not in ("", "text", "json"):
         raise UserError(f"--print {cfg.print_format!r}: text or json")
@@ -490,8 +313,9 @@ def validate(cfg: SubscriberConfig) -> None:
         raise UserError(f"--stats-interval {cfg.stats_interval_s}: must be > 0")
     if any(c in cfg.group for c in "+#/"):
         raise UserError(f"--group {cfg.group!r}: a group name has no '/', '+' or '#'")
-    if not cfg.topic_prefix or any(c in cfg.topic_prefix for c in "+#"):
-        raise UserError(f"--topic-prefix {cfg.topic_prefix!r}: non-empty, no '+' or '#'")
+    prefix = cfg.mqtt.topic_prefix
+    if not prefix or any(c in prefix for c in "+#"):
+        raise UserError(f"--mqtt-topic-prefix {prefix!r}: non-empty, no '+' or '#'")
 
 
 def subscribe(cfg: SubscriberConfig, out: TextIO | None = None) -> tuple[int, Counts]:

@@ -1,11 +1,13 @@
-"""`meerkit analyze`: batch detection over a recorder card with the tiny energy model (conftest):
-events equal the batch path (track + decode_events), bad files are reported without stopping
-the run, reruns resume, and the Raven tables round-trip through the importer."""
+"""`meerkit analyze` (edge_runtime.batch, batch_cli): batch detection over a recorder card with
+the tiny energy model (conftest): events equal the batch path (track + decode_events) and the
+streaming runtime's, bad files are reported without stopping the run, reruns resume, the Raven
+tables round-trip through the importer, and the flags share edge-runtime's names."""
 
 from __future__ import annotations
 
 import csv
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from edge_runtime.analyze import MANIFEST, AnalyzeConfig, analyze, read_manifest
+from edge_runtime.batch import MANIFEST, AnalyzeConfig, analyze, read_manifest
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.events import DecoderConfig, decode_events
 from edge_runtime.contract.model import TFLiteModel, model_geometry
@@ -207,16 +209,19 @@ def test_user_errors_name_the_problem(energy_model, tmp_path):
         ([tmp_path / "empty"], cfg(), "no .wav/.flac files in"),
         ([card / "sub" / "stereo.wav", tmp_path / "x.txt"], cfg(), "x.txt: no such file"),
         ([card], cfg(model=nocard), "energy-nocard.tflite"),
-        ([card], cfg(threshold=1.5), "--threshold 1.5: must be in [0, 1]"),
-        ([card], cfg(channel="left"), "--channel 'left'"),
+        ([card], cfg(threshold=1.5), "--model-thresholds 1.5: must be in [0, 1]"),
+        ([card], cfg(thresholds={"loud": -0.1}), "--model-thresholds loud=-0.1: must be in"),
+        ([card], cfg(thresholds={"lowd": 0.3}),
+         "--model-thresholds: the model has no label 'lowd' (did you mean 'loud'?)"),
+        ([card], cfg(channel="left"), "--audio-channel 'left'"),
     ]:
         with pytest.raises(UserError, match=re.escape(message)):
             analyze(inputs, config)
 
     assert analyze([card], cfg()).files == 3  # without --recursive, sub/ is not searched
     one_channel = analyze([card / "sub" / "stereo.wav", card / "clip.flac"], cfg(channel="1"))
-    assert one_channel.failed == [(str(card / "clip.flac"), f"{card / 'clip.flac'}: --channel 1: "
-                                   "the file has 1 channel(s) (0-based index)")]
+    assert one_channel.failed == [(str(card / "clip.flac"), f"{card / 'clip.flac'}: "
+                                   "--audio-channel 1: the file has 1 channel(s) (0-based index)")]
     with open(tmp_path / "out" / ".lock", "w") as fh:  # a second analyze on the same folder
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(UserError, match="another `meerkit analyze` is writing"):
@@ -231,3 +236,67 @@ def test_parquet_matches_the_csv(energy_model, tmp_path):
     assert [(r["file"], r["label"], r["start_s"], r["end_s"], r["start_utc"] or "")
             for r in table] == [(r["file"], r["label"], float(r["start_s"]), float(r["end_s"]),
                                  r["start_utc"]) for r in csv_rows(tmp_path / "out")]
+
+
+def analyze_cli(out: Path, *flags: str, audio: Path, model: Path) -> list[tuple[str, ...]]:
+    assert main(["analyze", str(audio), "--model", str(model), "--out", str(out), "--workers",
+                 "1", "--no-progress", *flags]) == 0
+    return [(r["label"], r["start_s"], r["end_s"]) for r in csv_rows(out)]
+
+
+def test_flags_share_edge_runtime_names_and_old_spellings_still_work(energy_model, tmp_path,
+                                                                    capsys):
+    wav = tmp_path / "a.wav"
+    write_wav(wav, burst_audio(4.0, regular_bursts(4.0)), SR)
+    run_ = lambda name, *flags: analyze_cli(tmp_path / name, *flags, audio=wav,  # noqa: E731
+                                            model=energy_model)
+    every = run_("default")
+    assert {e[0] for e in every} == {"loud", "very_loud"}
+    capsys.readouterr()
+    # one label off (a threshold of 1.0 is never reached), the other at the card's
+    assert run_("one", "--model-thresholds", "very_loud=1.0") == [e for e in every
+                                                                   if e[0] == "loud"]
+    assert run_("all", "--model-thresholds", "1.0", "--model-thresholds", "loud=0.5") == [
+        e for e in every if e[0] == "loud"]
+    assert "deprecated" not in capsys.readouterr().err
+    # the old spelling: same result, one warning naming the new flag, hidden from --help
+    assert run_("old", "--threshold", "1.0") == run_("new", "--model-thresholds", "1.0") == []
+    assert run_("gap", "--merge-gap", "1.0", "--channel", "0") == run_(
+        "gap2", "--model-merge-gap-s", "1.0", "--audio-channel", "0")
+    err = capsys.readouterr().err
+    assert err.count("--threshold is deprecated; use --model-thresholds") == 1
+    assert err.count("--merge-gap is deprecated; use --model-merge-gap-s") == 1
+    assert err.count("--channel is deprecated; use --audio-channel") == 1
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    text = capsys.readouterr().out
+    assert "--model-thresholds" in text and "--audio-channel" in text
+    assert "--threshold " not in text and "--channel " not in text and "--merge-gap " not in text
+    with pytest.raises(SystemExit):
+        main(["analyze", str(wav), "--model", str(energy_model), "--out", str(tmp_path / "x"),
+              "--model-thresholds", "loud=high"])
+    assert "expected X or LABEL=X" in capsys.readouterr().err
+
+
+def test_batch_and_streaming_give_the_same_events(energy_model, tmp_path, capsys):
+    """`meerkit analyze` and `edge-runtime` replaying the same 48 kHz stereo AudioMoth file
+    (the same Detector behind both) report the same events: labels, times (to the ms of the
+    messages), confidences."""
+    from edge_runtime.cli import main as edge_runtime
+
+    mono = burst_audio(6.0, regular_bursts(6.0), sample_rate=48000)
+    path = tmp_path / "20240101_000000.WAV"
+    write_wav(path, np.stack([mono, 0.8 * mono], 1), 48000, bits=24)
+    assert analyze([path], AnalyzeConfig(model=str(energy_model), out=str(tmp_path / "out"),
+                                         workers=1, progress=False)).ok
+    batch = sorted((r["label"], r["start_utc"], round(float(r["end_s"]) - float(r["start_s"]), 3),
+                    round(float(r["confidence_max"]), 6), round(float(r["confidence_mean"]), 6))
+                   for r in csv_rows(tmp_path / "out"))
+    capsys.readouterr()
+    assert edge_runtime(["--no-mqtt", "--start-time", "filename", "--model", str(energy_model),
+                         "--input", str(path)]) == 0
+    stream = sorted((m["label"], m["start"], round(m["duration_s"], 3), m["confidence"]["max"],
+                     m["confidence"]["mean"])
+                    for m in map(json.loads, capsys.readouterr().out.splitlines()))
+    assert {e[0] for e in batch} == {"loud", "very_loud"}
+    assert stream == batch

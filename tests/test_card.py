@@ -84,13 +84,33 @@ def test_bad_decoder_values_are_clear_errors(change, message):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"decoder": {"bird": {}}}, "decoder must be a list of objects"),
+    ({"decoder": {"bird": {}}}, "decoder must be a list, got"),
     ({"decoder": [{"label": "bird", "threshold": 0.6, "hysteresys": 0.1}]},
-     "decoder: .*unexpected keyword argument 'hysteresys'"),
-    ({"undetectable_labels": ["noise"]}, "undetectable_labels must be a list of objects"),
-    ({"undetectable_labels": [{"label": "noise"}]}, "undetectable_labels: .*reason"),
+     r"decoder\[0\]: unknown key 'hysteresys' \(did you mean 'hysteresis'\?\)"),
+    ({"decoder": [{"label": "bird", "threshold": "0.6"}]},
+     r"decoder\[0\]: threshold must be a number, not the string '0.6'"),
+    ({"undetectable_labels": ["noise"]},
+     r"undetectable_labels\[0\]: must be a table/object of settings, got 'noise'"),
+    ({"undetectable_labels": [{"label": "noise"}]}, r"undetectable_labels\[0\]: lacks reason"),
+    ({"labels": "bird"}, "labels must be a list, got 'bird'"),
+    ({"labels": ["bird", 3]}, "labels must be a string, got 3"),
+    ({"thresholds": [0.6, None]}, "thresholds must be a number, got None"),
+    ({"sample_rate": 16000.5}, "sample_rate must be an integer, got 16000.5"),
+    ({"frontend": {"kind": "logmel", "n_ffts": 512}},
+     r"unknown key 'n_ffts' in \[frontend\] \(did you mean 'n_fft'\?\)"),
+    ({"qantization": {}}, r"unknown key 'qantization' \(did you mean 'quantization'\?\)"),
+    ({"hop_s": 3.0}, r"invalid model card: need 0 < hop_s \(3.0\) <= window_s \(2.0\)"),
 ])
 def test_malformed_json_fields_are_clear_errors(change, message):
     data = {**json.loads(tuned_card().to_json()), **change}
     with pytest.raises(UserError, match=f"card.json: {message}"):
         ModelCard.from_json(json.dumps(data), "card.json")
+
+
+def test_a_card_that_lacks_fields_names_them_all():
+    data = json.loads(tuned_card().to_json())
+    del data["name"], data["labels"]
+    with pytest.raises(UserError, match=r"^card.json: model card lacks name, labels$"):
+        ModelCard.from_dict(data, "card.json")
+    with pytest.raises(UserError, match=r"^card.json: model card must be a table/object"):
+        ModelCard.from_json("[1, 2]", "card.json")

@@ -245,6 +245,43 @@ def test_streaming_equals_batch_for_any_chunking():
             ]
 
 
+def sparse_case(rng):
+    """Long quiet stretches with bursts of activity per class: the decoder's fast path (skip
+    idle classes, skip whole idle pushes) alternates with open events, merge gaps and splits."""
+    n_classes, n = int(rng.integers(1, 5)), int(rng.integers(50, 600))
+    p = rng.uniform(0.0, 0.3, (n, n_classes))
+    for _ in range(int(rng.integers(0, 12))):
+        c, a = int(rng.integers(n_classes)), int(rng.integers(n))
+        p[a : a + int(rng.integers(1, 40)), c] = rng.uniform(0.35, 1.0)
+    labels = [f"c{c}" for c in range(n_classes)]
+    cfg = DecoderConfig(
+        threshold=list(rng.uniform(0.3, 0.9, n_classes)),
+        hysteresis=list(rng.choice([0.0, 0.1, 0.3], n_classes)),
+        min_duration_s=list(rng.choice([0.0, 0.1, 0.3], n_classes)),
+        merge_gap_s=list(rng.choice([0.0, 0.1, 0.5, 2.0], n_classes)),
+        max_duration_s=None if rng.random() < 0.4 else float(rng.choice([0.1, 0.4, 1.0])),
+        emit=[bool(v) for v in rng.random(n_classes) < 0.85],
+    )
+    return p.astype(rng.choice([np.float32, np.float64])), labels, 10.0, cfg
+
+
+def test_fast_path_gives_the_same_events_as_visiting_every_class():
+    rng = np.random.default_rng(7)
+    skipped = 0
+    for _ in range(300):
+        p, labels, fr, cfg = random_case(rng) if rng.random() < 0.3 else sparse_case(rng)
+        fast = StreamingDecoder(labels, fr, cfg, start_s=2.0, file="f")
+        slow = StreamingDecoder(labels, fr, cfg, start_s=2.0, file="f")
+        slow._fast = False
+        for a, b in random_chunks(rng, len(p)):
+            idle = not any(st.alive or st.open for st in fast._states)
+            skipped += idle and b > a and not (p[a:b] >= fast._on).any()
+            assert fast.push(p[a:b]) == slow.push(p[a:b])  # same events, same order, same bits
+        assert fast.flush() == slow.flush()
+        assert fast.frames_pushed == slow.frames_pushed == len(p)
+    assert skipped > 100  # whole pushes did take the fast path
+
+
 def test_merge_gap_spanning_many_pushes():
     p = np.zeros((30, 1))
     p[2:4], p[14:16] = 0.9, 0.9  # 10-frame gap, merge gap 1 s = 10 frames

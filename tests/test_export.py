@@ -27,9 +27,8 @@ from train.checkpoint import load_model
 from train.config import FinetuneConfig, ModelConfig
 from train.data.dataset import Dataset
 from train.data.synth import LABELS, SynthConfig, generate
-from train.engine import Runtime
+from train.engine import RunOptions, Runtime
 from train.finetune import finetune
-from train.pretrain import RunOptions
 
 
 @pytest.fixture(scope="module")

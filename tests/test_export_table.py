@@ -6,9 +6,11 @@ import json
 import numpy as np
 import pytest
 
+from benchmarks import export_claims as ec
 from benchmarks import export_table as et
 from benchmarks.results import render
-from benchmarks.stats import frame_macro_ap
+from benchmarks.scoring import Scored, judge, score_tracks
+from benchmarks.stats import VERDICTS, format_interval, frame_macro_ap
 from edge_runtime.contract.events import Event, events_to_frames
 
 LABELS = ("up", "trill")
@@ -33,18 +35,18 @@ def _world(n_files: int = 24, seed: int = 0):
 WORLD = _world()
 
 
-def _scored(noise: float, seed: int) -> et.Scored:
+def _scored(noise: float, seed: int) -> Scored:
     """A model whose probabilities are the targets blurred by `noise`."""
     targets, reference, snr = WORLD
     rng = np.random.default_rng(seed)
     probs = {f: np.clip(0.1 + 0.8 * t + noise * rng.standard_normal(t.shape), 0, 1)
              .astype(np.float32) for f, t in targets.items()}
-    return et.score_tracks(probs, targets, reference, snr, LABELS, RATE, None)
+    return score_tracks(probs, targets, LABELS, RATE, reference, snr)
 
 
-def _system(noise: float, seed: int, seeds: int = 2) -> dict[str, list[et.Scored]]:
+def _system(noise: float, seed: int, seeds: int = 2) -> dict[str, list[Scored]]:
     return {split: [_scored(noise, 1000 * seed + 10 * s + k) for s in range(seeds)]
-            for k, split in enumerate(et.SPLITS)}
+            for k, split in enumerate(ec.SPLITS)}
 
 
 def _claim(claims: list[dict], start: str, split: str = "test") -> dict:
@@ -60,19 +62,19 @@ def _claim(claims: list[dict], start: str, split: str = "test") -> dict:
     (0.98, 0.98, 0.98, True, True, "met"), (0.97, 0.97, 0.98, True, True, "missed"),
     (None, 0.1, 0.0, True, False, "undefined"), (float("nan"), 0.1, 0.0, True, False, "undefined")])
 def test_judge_follows_the_interval_not_the_point(lo, hi, bound, at_least, exact, verdict):
-    assert et.judge(lo, hi, bound, at_least, exact) == verdict
+    assert judge(lo, hi, bound, at_least, exact) == verdict
 
 
 def test_perfect_tracks_score_one_and_meet_the_event_targets():
     targets, reference, snr = WORLD
-    perfect = et.score_tracks(targets, targets, reference, snr, LABELS, RATE, None)
-    system = {s: [perfect] for s in et.SPLITS}
-    metrics = et.model_metrics({"teacher": system, "student_int8": system}, N_BOOT)
+    perfect = score_tracks(targets, targets, LABELS, RATE, reference, snr)
+    system = {s: [perfect] for s in ec.SPLITS}
+    metrics = ec.model_metrics({"teacher": system, "student_int8": system}, N_BOOT)
     cell = metrics["student_int8"]["test"]
     for key in ("frame_macro_ap", "event_f1", "recall_high_snr"):
         assert cell[key]["mean"] == pytest.approx(1.0)
         assert cell[key]["lo"] == pytest.approx(1.0) and cell[key]["hi"] == pytest.approx(1.0)
-    claims = et.quality_claims({"teacher": system, "student_int8": system}, metrics, N_BOOT)
+    claims = ec.quality_claims({"teacher": system, "student_int8": system}, metrics, N_BOOT)
     assert _claim(claims, "int8 student event F1")["verdict"] == "met"
     assert _claim(claims, "teacher event recall")["verdict"] == "met"
     ratio = _claim(claims, "int8 student frame macro AP >= 95%")
@@ -86,8 +88,8 @@ def test_perfect_tracks_score_one_and_meet_the_event_targets():
 def test_share_of_teacher_claim_flips_where_the_interval_crosses_zero(int8_noise, int8_seed,
                                                                       verdict):
     scored = {"teacher": _system(0.4, 1), "student_int8": _system(int8_noise, int8_seed)}
-    metrics = et.model_metrics(scored, N_BOOT)
-    share = _claim(et.quality_claims(scored, metrics, N_BOOT), "int8 student frame macro AP")
+    metrics = ec.model_metrics(scored, N_BOOT)
+    share = _claim(ec.quality_claims(scored, metrics, N_BOOT), "int8 student frame macro AP")
     assert share["verdict"] == verdict
     assert {"met": share["lo"] > 0, "missed": share["hi"] < 0,
             "inconclusive": share["lo"] < 0 < share["hi"]}[verdict]
@@ -100,15 +102,15 @@ def test_baseline_and_event_claims_follow_their_intervals():
     good, bad = _system(0.15, 1), _system(0.8, 2)  # clean tracks; nearly noise
     rival = _system(0.15, 3)  # as good as `good`, other noise: the difference straddles 0
     scored = {"student_int8": good, "baseline": rival}
-    claims = et.quality_claims(scored, et.model_metrics(scored, N_BOOT), N_BOOT)
+    claims = ec.quality_claims(scored, ec.model_metrics(scored, N_BOOT), N_BOOT)
     versus = _claim(claims, "int8 student frame macro AP >= the label-only")
     assert versus["lo"] < 0 < versus["hi"] and versus["verdict"] == "inconclusive"
     assert _claim(claims, "int8 student event F1")["lo"] >= 0.75
     assert _claim(claims, "int8 student event F1")["verdict"] == "met"
 
     scored = {"student_int8": bad, "baseline": good}
-    claims = et.quality_claims(scored, et.model_metrics(scored, N_BOOT), N_BOOT)
-    for split in et.SPLITS:
+    claims = ec.quality_claims(scored, ec.model_metrics(scored, N_BOOT), N_BOOT)
+    for split in ec.SPLITS:
         versus = _claim(claims, "int8 student frame macro AP >= the label-only", split)
         assert versus["hi"] < 0 and versus["verdict"] == "missed"
     assert _claim(claims, "int8 student event F1")["verdict"] == "missed"
@@ -117,8 +119,8 @@ def test_baseline_and_event_claims_follow_their_intervals():
 def test_margin_difference_is_paired_on_the_same_draws():
     """AP(a) - 0.95 AP(b) per replicate: the CI is narrower than the spread of either AP."""
     scored = {"teacher": _system(0.3, 4), "student_int8": _system(0.3, 4)}
-    metrics = et.model_metrics(scored, N_BOOT)
-    share = _claim(et.quality_claims(scored, metrics, N_BOOT), "int8 student frame macro AP")
+    metrics = ec.model_metrics(scored, N_BOOT)
+    share = _claim(ec.quality_claims(scored, metrics, N_BOOT), "int8 student frame macro AP")
     ap = metrics["teacher"]["test"]["frame_macro_ap"]
     # identical tracks: every replicate's difference is 0.05 x that replicate's AP
     assert share["lo"] == pytest.approx(0.05 * ap["lo"], rel=1e-6)
@@ -131,38 +133,38 @@ def test_margin_difference_is_paired_on_the_same_draws():
 
 
 def test_artifact_claims_are_exact():
-    size, gate = et.artifact_claims([900_000, 950_000], {"test": [0.99, 0.985], "shift": [0.99]})
+    size, gate = ec.artifact_claims([900_000, 950_000], {"test": [0.99, 0.985], "shift": [0.99]})
     assert (size["verdict"], gate["verdict"]) == ("met", "met")
-    assert et.claim_texts(size) == ("928 KiB", "<= 1 MB")
-    size, gate = et.artifact_claims([900_000, 1_100_000], {"test": [0.99], "shift": [0.97]})
+    assert ec.claim_texts(size) == ("928 KiB", "<= 1 MB")
+    size, gate = ec.artifact_claims([900_000, 1_100_000], {"test": [0.99], "shift": [0.97]})
     assert (size["verdict"], gate["verdict"]) == ("missed", "missed")
-    assert et.claim_texts(gate) == ("97.00 %", ">= 98 %")
+    assert ec.claim_texts(gate) == ("97.00 %", ">= 98 %")
 
 
 def test_result_tables_and_results_md(tmp_path):
     scored = {"teacher": _system(0.15, 5), "student_fp32": _system(0.2, 6),
               "student_int8": _system(0.2, 7), "baseline": _system(0.4, 8)}
     footprints = {m: {"parameters": 139_000, "size_bytes": 556_000, "size_kind": "fp32 weights"}
-                  for m in et.MODELS}
+                  for m in ec.MODELS}
     plan = et.Plan(tmp_path / "work", "tiny", "tcn_small", 30, 40, 2.0, 16)
     latency = [{"model_ms_per_audio_s": 0.2, "frontend_ms_per_audio_s": 1.0,
                 "total_ms_per_audio_s": 1.2}] * 2
-    result = et.assemble(scored, {"test": [0.99, 0.995], "shift": [0.985, 0.99]},
+    result = ec.assemble(scored, {"test": [0.99, 0.995], "shift": [0.985, 0.99]},
                          [120_000, 125_000], latency, footprints, plan.commands([0, 1]), N_BOOT,
                          command="python benchmarks/export_table.py --quick", preset="tiny",
                          seeds=[0, 1], arch="tcn_small", teacher_steps=30, distill_steps=40)
     json.dumps(result, allow_nan=False)  # nan became null: strict JSON
     assert result["files"] == {"test": 24, "shift": 24}
     assert result["models"]["student_int8"]["size_bytes"] == 125_000
-    table = et.render_markdown(result)
+    table = ec.render_markdown(result)
     int8 = result["models"]["student_int8"]["splits"]["shift"]["frame_macro_ap"]
-    assert et.format_interval(int8) in table
+    assert format_interval(int8) in table
     assert "for s in 0 1; do meerkit export distill --labels-only" in table
     assert "seed$s" in result["commands"]["teacher"] and "--seed $s" in result["commands"]["teacher"]
-    assert {c["verdict"] for c in result["claims"]} <= set(et.VERDICTS)
+    assert {c["verdict"] for c in result["claims"]} <= set(VERDICTS)
     assert len(result["claims"]) == 9
 
     (tmp_path / "export_table.json").write_text(json.dumps(result))
     export = [line for line in render(tmp_path).splitlines() if line.startswith("| export |")]
     assert sum("claim:" in line for line in export) == 9
-    assert any(et.format_interval(int8) in line and "`shift`" in line for line in export)
+    assert any(format_interval(int8) in line and "`shift`" in line for line in export)

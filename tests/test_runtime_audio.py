@@ -3,6 +3,8 @@
 import io
 import logging
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -12,18 +14,21 @@ import pytest
 from edge_runtime.audio import (
     Conformer,
     InputDevice,
-    SincResampler,
+    SoxrResampler,
     StdinSource,
     WavSource,
     import_pyaudio,
     input_devices,
+    make_resampler,
     parse_start_time,
+    quiet_stderr,
     recording_start,
     select_device,
 )
+from edge_runtime.audio import resample as resample_module
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.wav import read_wav, write_wav
-from edge_runtime.stream import RingBuffer
+from edge_runtime.detect import RingBuffer
 
 
 def collect(source) -> np.ndarray:
@@ -116,39 +121,96 @@ def test_conformer_selects_or_mixes_channels_and_zeroes_nonfinite(caplog):
 
 
 @pytest.mark.parametrize("rates", [(48000, 16000), (44100, 16000), (8000, 16000), (22050, 32000)])
-def test_numpy_resampler_is_band_limited_and_matches_soxr(rates):
+def test_streaming_resampler_keeps_length_and_equals_one_shot(rates):
     soxr = pytest.importorskip("soxr")
     src, dst = rates
     t = np.arange(src) / src  # 1 s
     x = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32)
-    r = SincResampler(src, dst)
+    r = SoxrResampler(src, dst)
     blocks = [r.process(x[i : i + 997]) for i in range(0, len(x), 997)] + [r.flush()]
     y = np.concatenate(blocks)
     assert len(y) == dst  # no drift, no lost tail
     ref = soxr.resample(x, src, dst, quality="HQ")
-    mid = slice(dst // 10, -dst // 10)  # both filters differ at the (zero-padded) edges
+    mid = slice(dst // 10, -dst // 10)
     assert np.abs(y[mid] - ref[mid]).max() < 2e-3
     # streaming == one shot
-    one = SincResampler(src, dst)
-    np.testing.assert_allclose(np.concatenate([one.process(x), one.flush()]), y, atol=1e-6)
+    one = SoxrResampler(src, dst)
+    np.testing.assert_allclose(np.concatenate([one.process(x), one.flush()]), y, atol=1e-5)
 
 
-def test_numpy_resampler_removes_what_the_new_rate_cannot_hold():
+def test_resampler_removes_what_the_new_rate_cannot_hold():
+    pytest.importorskip("soxr")
     src, dst = 48000, 16000
     t = np.arange(src) / src
     alias = np.sin(2 * np.pi * 12000 * t).astype(np.float32)  # above the new Nyquist (8 kHz)
-    r = SincResampler(src, dst)
+    r = SoxrResampler(src, dst)
     y = np.concatenate([r.process(alias), r.flush()])
     assert np.sqrt(np.mean(y[1000:-1000] ** 2)) < 0.01
 
 
-def test_conformer_resamples_with_either_backend():
+def test_conformer_resamples_and_numpy_is_a_deprecated_name_for_soxr(caplog, monkeypatch):
+    pytest.importorskip("soxr")
+    monkeypatch.setattr(resample_module, "_warned_numpy", False)
     x = np.sin(2 * np.pi * 200 * np.arange(48000) / 48000).astype(np.float32)[:, None]
-    for kind in ("numpy", "auto"):
-        c = Conformer(48000, 1, 16000, "mix", kind)
-        y = np.concatenate([c.process(x[i : i + 4800]) for i in range(0, 48000, 4800)]
-                           + [c.flush()])
-        assert abs(len(y) - 16000) <= 1
+    outputs = {}
+    with caplog.at_level(logging.WARNING):
+        for kind in ("numpy", "auto", "soxr"):
+            c = Conformer(48000, 1, 16000, "mix", kind)
+            c.reset()  # after a gap: a fresh resampler, no second warning
+            outputs[kind] = np.concatenate([c.process(x[i : i + 4800])
+                                            for i in range(0, 48000, 4800)] + [c.flush()])
+    assert len(outputs["auto"]) == 16000
+    np.testing.assert_array_equal(outputs["numpy"], outputs["auto"])
+    np.testing.assert_array_equal(outputs["soxr"], outputs["auto"])
+    assert caplog.text.count("deprecated") == 1
+    assert make_resampler(16000, 16000, "auto") is None
+    with pytest.raises(UserError, match="audio.resampler 'sinc'"):
+        make_resampler(48000, 16000, "sinc")
+
+
+def test_missing_soxr_is_a_user_error_naming_the_install(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def no_soxr(name, *args):
+        if name == "soxr":
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(resample_module.importlib, "import_module", no_soxr)
+    with pytest.raises(UserError, match=r"needs soxr.*meerkit\[edge\]"):
+        Conformer(48000, 1, 16000)
+    assert Conformer(16000, 1, 16000).process(np.ones((3, 1), np.float32)).tolist() == [1, 1, 1]
+
+
+NOISY_CHILD = [sys.executable, "-c", "import os; os.write(2, b'ALSA lib pcm.c: noise\\n')"]
+
+
+def test_quiet_stderr_silences_what_c_code_writes_to_fd_2(capfd):
+    """PortAudio's ALSA/JACK chatter is written by C straight to fd 2: a child process that
+    inherits the descriptor stands in for it."""
+    quiet = logging.getLogger("test.quiet")
+    quiet.setLevel(logging.INFO)
+    with quiet_stderr(quiet):
+        subprocess.run(NOISY_CHILD, check=True)
+    subprocess.run([sys.executable, "-c", "import os; os.write(2, b'after\\n')"], check=True)
+    print("restored", file=sys.stderr)
+    assert capfd.readouterr().err == "after\nrestored\n"
+
+    quiet.setLevel(logging.DEBUG)  # --log-level debug: the noise is what one wants to see
+    with quiet_stderr(quiet):
+        subprocess.run(NOISY_CHILD, check=True)
+    assert "ALSA lib" in capfd.readouterr().err
+
+
+def test_quiet_stderr_restores_fd_2_after_an_error(capfd):
+    quiet = logging.getLogger("test.quiet.error")
+    quiet.setLevel(logging.WARNING)
+    with pytest.raises(RuntimeError), quiet_stderr(quiet):
+        raise RuntimeError("device probing failed")
+    subprocess.run(NOISY_CHILD, check=True)
+    assert "noise" in capfd.readouterr().err
 
 
 def test_select_device_by_index_name_or_default():

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from conftest import build_logmel_tflite, energy_reference
 
-from edge_runtime.contract.card import Frontend, read_card
+from edge_runtime.contract.card import Frontend, ModelCard, Quantization, read_card
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.model import TFLiteModel, interpreter_class, model_geometry, sigmoid
+from edge_runtime.contract.windows import WindowedStream, track
 
 
 def test_window_fn_gives_the_models_probabilities(energy_model):
@@ -87,3 +88,69 @@ def test_hop_override_must_be_whole_frames(energy_model):
         model_geometry(card, 0.015)
     with pytest.raises(UserError, match="must be in"):
         model_geometry(card, 2.0)
+
+
+def build_int8_logmel_tflite(path, int8_io: bool):
+    """A full-int8 log-mel artifact (a 3-tap conv over 32 mels to 3 classes), with float or
+    int8 input/output tensors: the quantise/dequantise steps of the runtime both ways."""
+    import hashlib
+
+    tf = pytest.importorskip("tensorflow")
+    from export.card import embed_card_tflite
+
+    frontend = Frontend(kind="logmel", n_fft=512, win_length=400, hop_length=320, n_mels=32,
+                        fmin=50.0, fmax=8000.0, log_offset=1e-6, mean=-5.0, std=4.0)
+    rng = np.random.default_rng(0)
+    w = tf.constant((rng.standard_normal((3, 32, 3)) * 0.2).astype(np.float32))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 50, 32], tf.float32)])
+    def model(x):
+        return tf.nn.conv1d(x, w, 1, "SAME")
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [model.get_concrete_function()], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: (
+        [rng.standard_normal((1, 50, 32)).astype(np.float32)] for _ in range(20))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+    flat = converter.convert()
+    card = ModelCard(name="int8-test", version="1", sha256=hashlib.sha256(flat).hexdigest(),
+                     sample_rate=16000, window_s=1.0, hop_s=0.2, frame_rate_hz=50.0,
+                     labels=("a", "b", "c"), thresholds=(0.5,) * 3, frontend=frontend,
+                     quantization=Quantization(mode="int8"))
+    path.write_bytes(embed_card_tflite(flat, card))
+    return path
+
+
+@pytest.mark.parametrize("int8_io", [True, False], ids=["int8-io", "float-io"])
+def test_window_fn_is_bit_identical_to_the_reference_path(tmp_path, int8_io):
+    """Streaming front end, in-place quantisation into the input tensor, in-place dequantise
+    and sigmoid: the same bits as float64 `logmel` -> `invoke` -> `sigmoid`, window by window,
+    for a stream in any chunking (frames cached across pushes) and for bare batches."""
+    from edge_runtime.contract.frontend import logmel
+
+    model = TFLiteModel(build_int8_logmel_tflite(tmp_path / "q.tflite", int8_io))
+    assert (model._in["dtype"] == np.int8) == int8_io
+    card, g = model.card, model_geometry(model.card)
+    rng = np.random.default_rng(3)
+    t = np.arange(8 * 16000) / 16000
+    audio = (0.003 * rng.standard_normal(len(t)) + 0.5 * np.sin(2 * np.pi * 900 * t * (1 + t))
+             * (np.sin(2 * np.pi * 0.7 * t) > 0.3)).astype(np.float32)
+
+    def reference(windows):
+        x = logmel(windows, card.frontend, card.sample_rate)
+        return np.stack([sigmoid(model.invoke(x[i : i + 1])[0]) for i in range(len(x))])
+
+    expected = track(audio, g, reference)
+    np.testing.assert_array_equal(track(audio, g, model.window_fn), expected)
+    stream, parts, pos = WindowedStream(g, model.window_fn, batch=3), [], 0
+    while pos < len(audio):
+        step = int(rng.integers(100, 9000))
+        parts.append(stream.push(audio[pos : pos + step]))
+        pos += step
+    parts.append(stream.flush())
+    np.testing.assert_array_equal(np.concatenate([p for p in parts if p.size]), expected)
+    windows = np.stack([audio[:16000], audio[5000:21000]])
+    np.testing.assert_array_equal(model.window_fn(windows), reference(windows))

@@ -20,7 +20,7 @@ from edge_runtime.cli import main
 from edge_runtime.contract.events import DecoderConfig
 from edge_runtime.contract.model import TFLiteModel, model_geometry
 from edge_runtime.contract.wav import read_wav
-from edge_runtime.stream import Detector
+from edge_runtime.detect import Detector
 
 T0 = "2024-01-01T00:00:00Z"
 T0_UNIX = 1704067200.0

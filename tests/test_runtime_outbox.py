@@ -2,9 +2,12 @@
 
 import json
 import logging
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +82,18 @@ def test_uses_wal(tmp_path):
     Outbox(path).add("a", "t", "{}")
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_new_outbox_and_its_folders_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)  # what a shell outside systemd typically has
+    try:
+        path = tmp_path / "state" / "edge" / "o.sqlite"
+        box = Outbox(path)
+        box.add("a", "t", "{}")
+        for folder in (tmp_path / "state", tmp_path / "state" / "edge"):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+        box.close()
+    finally:
+        os.umask(old)

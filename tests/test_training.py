@@ -1,5 +1,6 @@
 """End-to-end training loops on the tiny synthetic benchmark (CPU, seconds each)."""
 
+import json
 import subprocess
 import sys
 
@@ -10,10 +11,10 @@ from train.checkpoint import load_model
 from train.config import FinetuneConfig, MetadataHeadConfig, ModelConfig, PretrainConfig
 from train.data.dataset import Dataset
 from train.data.synth import LABELS, SynthConfig, generate
-from train.engine import Runtime, load_checkpoint
+from train.engine import RunOptions, Runtime, load_checkpoint
 from train.finetune import finetune
 from train.model.animal2vec import Animal2Vec
-from train.pretrain import RunOptions, pretrain
+from train.pretrain import pretrain
 
 CPU = Runtime(torch.device("cpu"))
 MODEL = ModelConfig.tiny()
@@ -268,3 +269,63 @@ def test_regression_stats_variance_explained_and_guards():
     assert regression_stats(noisy, target, mask)["variance_explained"] == pytest.approx(1.0)
     assert masked_regression_loss(noisy, target, mask).item() == pytest.approx(0.0)
     assert per_dim_std(torch.ones(5, 3)).item() == pytest.approx(1e-3)  # sqrt of the epsilon
+
+
+# Stage configs as checkpoints written before OptimConfig stored them (flat keys, this order).
+OLD_PRETRAIN = {
+    "mask_prob": 0.8, "mask_length": 5, "min_masks": 1, "ema_decay": 0.999,
+    "ema_end_decay": 0.9999, "ema_anneal_steps": None, "ema_anneal_frac": 0.3,
+    "ema_schedule": "linear", "top_k_layers": 8, "instance_norm_targets": True,
+    "final_target_norm": "none", "loss": "mse", "loss_beta": 0.25, "clone_batch": 1,
+    "feature_grad_mult": 0.1, "frontend_lr_mult": 0.1, "frontend_norm": "frozen",
+    "min_target_var": 0.1, "min_pred_var": 0.01, "variance_warmup_steps": None, "lr": 0.0005,
+    "warmup_steps": 2000, "steps": 50000, "batch_size": 16, "grad_accum": 1,
+    "weight_decay": 0.01, "grad_clip": 1.0, "amp": "bf16"}
+OLD_FINETUNE = {
+    "focal_gamma": 2.0, "focal_alpha": 0.25, "mask_prob": 0.0, "mask_length": 2,
+    "freeze_encoder_steps": 30, "train_feature_encoder": True, "layer_lr_decay": 0.75,
+    "mixup_prob": 0.5, "lr": 0.001, "warmup_steps": 30, "steps": 300, "batch_size": 8,
+    "grad_accum": 2, "weight_decay": 0.05, "grad_clip": 0.5, "amp": "fp32",
+    "metadata_heads": [{"name": "location", "kind": "location", "mode": "standard",
+                        "weight": 0.1, "grl_max_lambda": 1.0, "grl_warmup_steps": 0,
+                        "vocabulary": [], "target_mean": 0.0, "target_std": 1.0}],
+    "metadata_missing_frac": 0.0}
+
+
+def test_configs_stored_before_optim_config_load_unchanged():
+    from edge_runtime.contract.errors import UserError
+    from train.config import OptimConfig
+
+    pre = PretrainConfig.from_dict(OLD_PRETRAIN)
+    assert pre == PretrainConfig() and pre.to_dict() == OLD_PRETRAIN
+    fine = FinetuneConfig.from_dict(OLD_FINETUNE)
+    assert isinstance(fine, OptimConfig)
+    assert json.loads(json.dumps(fine.to_dict())) == OLD_FINETUNE  # as a checkpoint stores it
+    assert (fine.lr, fine.grad_accum, fine.weight_decay, fine.grad_clip, fine.amp) == (
+        1e-3, 2, 0.05, 0.5, "fp32")
+    assert fine.metadata_heads == (MetadataHeadConfig("location", "location", weight=0.1),)
+    # The presets' values did not move into or out of the shared fields.
+    assert (FinetuneConfig().lr, FinetuneConfig().warmup_steps, FinetuneConfig().steps) == (
+        5e-5, 1000, 20000)
+    with pytest.raises(UserError, match="steps, batch_size and grad_accum must be >= 1"):
+        FinetuneConfig(grad_accum=0)
+    with pytest.raises(UserError, match="amp 'fp8' is not one of"):
+        PretrainConfig(amp="fp8")
+
+
+def test_set_overrides_reach_the_shared_optimiser_fields(tmp_path):
+    import argparse
+
+    from train.cli import _configs, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    for stage in ("pretrain", "finetune"):
+        args = parser.parse_args(["train", stage, "--data", str(tmp_path), "--out", str(tmp_path),
+                                  "--lr", "0.002", "--set", "grad_clip=0.25", "--set",
+                                  "weight_decay=0", "--set", "grad_accum=3", "--set",
+                                  "model.depth=2"])
+        model, config = _configs(args, stage)
+        assert (config.lr, config.grad_clip, config.weight_decay, config.grad_accum) == (
+            0.002, 0.25, 0, 3)
+        assert model.depth == 2 and config.steps == 300  # the tiny schedule

@@ -1,8 +1,9 @@
-"""`python -m train STEP …` is `meerkit train STEP …` (pretrain, finetune, evaluate); it is
-also what `torchrun … -m train pretrain …` runs on every GPU."""
+"""`python -m train STEP …` is `meerkit train STEP …` (pretrain, finetune, evaluate, probe);
+it is also what `torchrun … -m train pretrain …` runs on every GPU."""
 
 import sys
 
-from meerkit.cli import main
+from edge_runtime.contract.command_line import run_command_line, subcommand_parser
+from train.cli import register
 
-sys.exit(main(["train", *sys.argv[1:]]))
+sys.exit(run_command_line(subcommand_parser("python -m", register), None, "python -m train"))

@@ -135,44 +135,43 @@ def _configs(args: argparse.Namespace, stage: str):
 
 
 def _options(args: argparse.Namespace):
-    from train.pretrain import RunOptions
+    from train.engine import RunOptions
 
     return RunOptions(args.data, args.out, tuple(s for s in args.splits.split(",") if s),
                       args.clip_s, args.seed, args.resume, args.stop_at,
                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
 
 
-def pretrain_command(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, stage: str, what: str, run) -> int:
+    """One training stage under the engine's runtime (joined process group under torchrun)."""
     from train.engine import setup_runtime, teardown_runtime
-    from train.pretrain import pretrain
 
-    model_config, config = _configs(args, "pretrain")
+    model_config, config = _configs(args, stage)
     runtime = setup_runtime(args.device)
     try:
-        path = pretrain(_options(args), model_config, config, runtime)
+        path = run(_options(args), model_config, config, runtime)
     finally:
         teardown_runtime()
     if runtime.is_main:
-        print(f"pretrained model: {path}" if path.is_file() else
+        print(f"{what} model: {path}" if path.is_file() else
               f"stopped at step {args.stop_at}; resume with --resume")
     return 0
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    from train.pretrain import pretrain
+
+    return _train(args, "pretrain", "pretrained", pretrain)
 
 
 def finetune_command(args: argparse.Namespace) -> int:
-    from train.engine import setup_runtime, teardown_runtime
     from train.finetune import finetune
 
-    model_config, config = _configs(args, "finetune")
-    runtime = setup_runtime(args.device)
-    try:
-        path = finetune(_options(args), model_config, config, runtime, init=args.init,
+    def run(options, model_config, config, runtime):
+        return finetune(options, model_config, config, runtime, init=args.init,
                         val_split=args.val or None, eval_every=args.eval_every)
-    finally:
-        teardown_runtime()
-    if runtime.is_main:
-        print(f"finetuned model: {path}" if path.is_file() else
-              f"stopped at step {args.stop_at}; resume with --resume")
-    return 0
+
+    return _train(args, "finetune", "finetuned", run)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:

@@ -5,16 +5,10 @@ Presets are plain instances (`ModelConfig.tiny()`, `.base()`, `.large()`); every
 round-trips through a plain dict (`to_dict()` / `from_dict()`) so checkpoints carry their
 config. `from_dict` rejects unknown keys with a `UserError` that suggests the closest name.
 
-Masking parameterisation (pretraining and finetuning), as in fairseq/data2vec/animal2vec:
-`mask_prob` is the masked fraction *before overlaps*: a clip of T frames gets
-n = mask_prob * T / mask_length spans (stochastically rounded) of `mask_length` frames, whose
-starts are distinct positions drawn uniformly. With q = mask_prob / mask_length starts per
-frame, the expected masked fraction is about 1 - (1 - q) ** mask_length, so the pretraining
-default mask_prob = 0.8, mask_length = 5 masks ~58% of frames (data2vec audio: 0.65, 10 ->
-~49%), animal2vec's mask_prob = 1.6, mask_length = 2 masks ~96% (1.5 + 0.05 -> ~94%), while
-mask_prob = 0.15 would mask only ~14%. `mask_prob` may therefore exceed 1 (up to
-mask_length). `train.masking.expected_coverage` gives the exact value for a clip length,
-`train.masking.masking_regime_stats` what the student can still see.
+`mask_prob` (pretraining and finetuning) is the masked fraction *before overlaps*, as in
+fairseq/data2vec/animal2vec, so it may exceed 1 (up to mask_length): 0.8 with 5-frame spans
+masks ~58% of frames, animal2vec's 1.6 with 2-frame spans ~96%. train/masking.py derives
+this, with `expected_coverage` and `masking_regime_stats`.
 """
 
 from __future__ import annotations
@@ -26,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.settings import from_mapping
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -51,39 +46,17 @@ def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
         raise UserError(f"{what} '{value}' is not one of {', '.join(choices)}{hint}")
 
 
-def _as_tuples(value: Any) -> Any:
-    """JSON gives lists where the dataclass holds tuples (conv layers, vocabularies)."""
-    if isinstance(value, list | tuple):
-        return tuple(_as_tuples(v) for v in value)
-    return value
-
-
 class ConfigBase:
-    """`to_dict` / `from_dict` for the dataclasses below."""
-
-    # field name -> dataclass of its elements (a tuple of nested configs)
-    _nested: typing.ClassVar[dict[str, type]] = {}
+    """`to_dict` / `from_dict` for the dataclasses below. `from_dict` converts each value to
+    its field's type (JSON lists to tuples, nested heads to their config) and rejects unknown
+    keys and wrong types with a one-line `UserError` (`edge_runtime.contract.settings`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
-        where = where or cls.__name__
-        if not isinstance(data, dict):
-            raise UserError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        values = {}
-        for key, value in data.items():
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise UserError(f"{where}: unknown setting '{key}'{hint}")
-            if key in cls._nested:
-                item = cls._nested[key]
-                value = tuple(item.from_dict(v, f"{where}.{key}[{i}]") for i, v in enumerate(value))
-            values[key] = _as_tuples(value)
-        return cls(**values)
+        return from_mapping(cls, data, where or cls.__name__)
 
 
 # ---------------------------------------------------------------- model
@@ -253,8 +226,30 @@ def default_metadata_heads() -> tuple[MetadataHeadConfig, ...]:
 
 # ---------------------------------------------------------------- training
 @dataclass(frozen=True)
-class PretrainConfig(ConfigBase):
-    """data2vec self-distillation (see the module docstring for the mask parameterisation).
+class OptimConfig(ConfigBase):
+    """The optimiser and schedule both stages share (train/engine.py): AdamW, linear warm-up
+    then cosine decay, gradient clipping and accumulation, GPU autocast. The stage configs
+    inherit these fields flat, so `--set lr=...` and the configs stored in checkpoints keep
+    their keys. The defaults are pretraining's; finetuning states its own lr and length."""
+
+    lr: float = 5e-4
+    warmup_steps: int = 2_000
+    steps: int = 50_000
+    batch_size: int = 16  # clips per step and GPU
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max gradient norm (0: no clipping)
+    amp: str = "bf16"
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
+               "steps, batch_size and grad_accum must be >= 1")
+        _choice(self.amp, AMP_MODES, "amp")
+
+
+@dataclass(frozen=True)
+class PretrainConfig(OptimConfig):
+    """data2vec self-distillation (train/masking.py explains the mask parameterisation).
 
     The defaults are data2vec audio's regime fitted to 50 fps frames and short clips (issue
     10); animal2vec's values stay one `--set` away: mask_prob=1.6 mask_length=2
@@ -306,16 +301,9 @@ class PretrainConfig(ConfigBase):
     min_target_var: float = 0.1
     min_pred_var: float = 0.01
     variance_warmup_steps: int | None = None
-    lr: float = 5e-4
-    warmup_steps: int = 2_000
-    steps: int = 50_000
-    batch_size: int = 16
-    grad_accum: int = 1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    amp: str = "bf16"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.mask_length >= 1, "mask_length must be >= 1 frame")
         _check(0.0 <= self.mask_prob <= self.mask_length,
                f"mask_prob {self.mask_prob} must be in [0, mask_length] (it is the "
@@ -337,9 +325,6 @@ class PretrainConfig(ConfigBase):
                "min_target_var and min_pred_var must be >= 0 (0 = no guard)")
         _check(self.variance_warmup_steps is None or self.variance_warmup_steps >= 0,
                "variance_warmup_steps must be >= 0 (or null for 10% of the run, >= 100)")
-        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
-               "steps, batch_size and grad_accum must be >= 1")
-        _choice(self.amp, AMP_MODES, "amp")
 
     def top_k(self, depth: int) -> int:
         return min(self.top_k_layers, depth)
@@ -358,7 +343,7 @@ class PretrainConfig(ConfigBase):
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(ConfigBase):
+class FinetuneConfig(OptimConfig):
     """Frame-level multi-label finetuning with focal loss, lighter masking and metadata heads.
 
     The defaults are the recipe from scratch; `from_pretrained()` is the recipe for starting
@@ -383,11 +368,6 @@ class FinetuneConfig(ConfigBase):
     lr: float = 5e-5
     warmup_steps: int = 1_000
     steps: int = 20_000
-    batch_size: int = 16
-    grad_accum: int = 1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    amp: str = "bf16"
     metadata_heads: tuple[MetadataHeadConfig, ...] = field(default_factory=tuple)
     # Hide each metadata field of this share of the training files, as if the cell were
     # empty (a benchmark knob: how the heads fare at 50 % / 90 % missing metadata; which files
@@ -395,13 +375,6 @@ class FinetuneConfig(ConfigBase):
     metadata_missing_frac: float = 0.0
 
     _nested: typing.ClassVar[dict[str, type]] = {"metadata_heads": MetadataHeadConfig}
-    # What benchmarks/train_table.py chooses among on `val` (at its smallest label budget) to
-    # finetune a pretrained model: overrides of `from_pretrained()`, the preset first.
-    PRETRAINED_CANDIDATES: typing.ClassVar[dict[str, dict[str, Any]]] = {
-        "llrd": {},
-        "uniform_lr": {"layer_lr_decay": 1.0},
-        "frozen_frontend": {"train_feature_encoder": False},
-    }
 
     @classmethod
     def from_pretrained(cls, **overrides: Any) -> FinetuneConfig:
@@ -418,9 +391,9 @@ class FinetuneConfig(ConfigBase):
           front end at lr * 0.75 ** (D + 1): 0.32x for the tiny preset's 3 blocks, 0.02x for
           base's 12. The heads learn at the full lr.
         * The front end stays trainable: frozen, it left the CPU-scale teacher at chance
-          (see `train_feature_encoder`). animal2vec's frozen front end is one candidate in
-          PRETRAINED_CANDIDATES, as is a uniform learning rate; benchmarks/train_table.py
-          picks among them on `val` and records the choice.
+          (see `train_feature_encoder`). animal2vec's frozen front end is one candidate, as
+          is a uniform learning rate, that benchmarks/train_table.py picks among on `val`
+          (benchmarks.train_claims.PRETRAINED_CANDIDATES) and records the choice.
         """
         steps = int(overrides.get("steps", cls.steps))
         base: dict[str, Any] = {"layer_lr_decay": 0.75, "train_feature_encoder": True,
@@ -428,6 +401,7 @@ class FinetuneConfig(ConfigBase):
         return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.focal_gamma >= 0, "focal_gamma must be >= 0")
         _check(self.focal_alpha is None or 0.0 <= self.focal_alpha <= 1.0,
                "focal_alpha must be in [0, 1] or None")
@@ -438,9 +412,6 @@ class FinetuneConfig(ConfigBase):
         _check(0.0 <= self.metadata_missing_frac <= 1.0,
                f"metadata_missing_frac must be in [0, 1], got {self.metadata_missing_frac}")
         _check(self.freeze_encoder_steps >= 0, "freeze_encoder_steps must be >= 0")
-        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
-               "steps, batch_size and grad_accum must be >= 1")
-        _choice(self.amp, AMP_MODES, "amp")
         names = [h.name for h in self.metadata_heads]
         _check(len(names) == len(set(names)), f"metadata head names repeat: {names}")
 
@@ -449,6 +420,7 @@ __all__ = [
     "FinetuneConfig",
     "MetadataHeadConfig",
     "ModelConfig",
+    "OptimConfig",
     "PretrainConfig",
     "default_metadata_heads",
     "model_preset",

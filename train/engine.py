@@ -1,5 +1,6 @@
 """The training engine shared by pretraining and finetuning: devices and DDP, AMP, gradient
-accumulation, cosine schedule, resumable batches, checkpoints, TensorBoard and progress.
+accumulation, cosine schedule, resumable batches, checkpoints, TensorBoard and progress, and
+the run plumbing both stages take (`RunOptions`, `GeneratorState`, AdamW parameter groups).
 
 `pretrain.py` and `finetune.py` each supply a `step_fn(batch, step) -> (loss, logs)` and stay
 readable top to bottom; everything that must be identical between them lives here once.
@@ -31,9 +32,45 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from edge_runtime.contract.errors import UserError
+from train.config import OptimConfig
 from train.distributed import convert_sync_batchnorm, mean_over_ranks
 
 log = logging.getLogger(__name__)
+
+
+# AdamW's moments as in data2vec / wav2vec 2.0 (fairseq), for both stages.
+ADAMW_BETAS = (0.9, 0.98)
+ADAMW_EPS = 1e-6
+
+
+# ---------------------------------------------------------------- the run
+@dataclass
+class RunOptions:
+    """Where and how a training run happens (shared by pretraining and finetuning)."""
+
+    data: Path
+    out: Path
+    splits: tuple[str, ...]
+    clip_s: float = 10.0
+    seed: int = 0
+    resume: bool = False
+    stop_at: int | None = None  # stop (and checkpoint) after this many steps; resume later
+    log_every: int = 10
+    checkpoint_every: int = 500
+    progress: bool = True
+
+
+class GeneratorState:
+    """A torch.Generator as a resumable object (masks and mixup are drawn from it)."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["state"])
 
 
 # ---------------------------------------------------------------- devices and processes
@@ -178,19 +215,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- the loop
-@dataclass
-class LoopSettings:
-    steps: int
-    lr: float
-    warmup_steps: int = 0
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    amp: str = "bf16"
-    log_every: int = 10
-    checkpoint_every: int = 500
-
-
 StepFn = Callable[[Any, int], tuple[torch.Tensor, dict[str, float]]]
 Hook = Callable[[int], dict[str, float] | None]
 
@@ -198,10 +222,11 @@ Hook = Callable[[int], dict[str, float] | None]
 class Engine:
     """Owns model, optimizer, schedule and the step counter; runs `step_fn` for N steps."""
 
-    def __init__(self, model: nn.Module, settings: LoopSettings, runtime: Runtime,
-                 out_dir: Path, extra_state: dict[str, Any] | None = None,
+    def __init__(self, model: nn.Module, optim: OptimConfig, runtime: Runtime,
+                 options: RunOptions, extra_state: dict[str, Any] | None = None,
                  param_groups: list[dict] | None = None):
-        self.runtime, self.settings, self.out_dir = runtime, settings, Path(out_dir)
+        self.runtime, self.optim, self.options = runtime, optim, options
+        self.out_dir = Path(options.out)
         self.model = model.to(runtime.device)
         if runtime.distributed:  # BatchNorm statistics over the global batch, not each shard
             convert_sync_batchnorm(self.model, runtime.device)
@@ -211,14 +236,14 @@ class Engine:
                                     find_unused_parameters=True)
             if runtime.distributed else self.model
         )
-        groups = param_groups or _decay_groups(self.model, settings.weight_decay)
+        groups = param_groups or adamw_groups(self.model, optim.lr, optim.weight_decay)
         fused = runtime.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(groups, lr=settings.lr, betas=(0.9, 0.98),
-                                           eps=1e-6, fused=fused)
+        self.optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=ADAMW_BETAS,
+                                           eps=ADAMW_EPS, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_with_warmup(s, settings.warmup_steps, settings.steps))
+            self.optimizer, lambda s: cosine_with_warmup(s, optim.warmup_steps, optim.steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda"
-                                           and settings.amp == "fp16")
+                                           and optim.amp == "fp16")
         self.step = 0
         # Per-step logs of this process's run (averaged over ranks), also in metrics.jsonl.
         self.history: list[dict[str, float]] = []
@@ -286,6 +311,15 @@ class Engine:
         set_rng_state(state["rng"])
         self.step = int(state["step"])
 
+    def resume(self) -> bool:
+        """Continue from OUT/last.pt when the run asks to (`--resume`) and one is there."""
+        last = self.out_dir / "last.pt"
+        if not (self.options.resume and last.is_file()):
+            return False
+        self.load_state_dict(load_checkpoint(last))
+        log.info("resumed from %s at step %d", last, self.step)
+        return True
+
     def save(self, config: dict[str, Any], name: str = "last.pt") -> Path:
         path = self.out_dir / name
         if self.runtime.is_main:
@@ -295,14 +329,13 @@ class Engine:
     # -- loop
     def run(self, batches: Iterator[Any], step_fn: StepFn, config: dict[str, Any],
             after_step: Hook | None = None, evaluate: Hook | None = None,
-            eval_every: int = 0, progress: bool = True, until: int | None = None
-            ) -> dict[str, float]:
-        """Train until `settings.steps` (or `until`, for runs split across jobs)."""
-        s, rt = self.settings, self.runtime
-        end = min(s.steps, until) if until is not None else s.steps
+            eval_every: int = 0) -> dict[str, float]:
+        """Train until `optim.steps` (or the run's `stop_at`, for runs split across jobs)."""
+        s, o, rt = self.optim, self.options, self.runtime
+        end = min(s.steps, o.stop_at) if o.stop_at is not None else s.steps
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=s.steps, initial=self.step, disable=not (progress and rt.is_main),
+        bar = tqdm(total=s.steps, initial=self.step, disable=not (o.progress and rt.is_main),
                    desc=self.out_dir.name, unit="step", dynamic_ncols=True)
         last: dict[str, float] = {}
         while self.step < end:
@@ -335,7 +368,7 @@ class Engine:
             logs["lr"] = self.scheduler.get_last_lr()[0]
             last = logs
             self.history.append({"step": self.step, **logs})
-            if self.step % s.log_every == 0 or self.step == s.steps:
+            if self.step % o.log_every == 0 or self.step == s.steps:
                 self.log_scalars({f"train/{k}": v for k, v in logs.items()}, self.step)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "lr")})
             if evaluate is not None and eval_every and self.step % eval_every == 0:
@@ -346,7 +379,7 @@ class Engine:
             if rt.device.type == "cuda":  # this rank's peak, for benchmarks/gpu_bench.py
                 record["max_mem_gib"] = torch.cuda.max_memory_allocated(rt.device) / 2**30
             self.log_step(record)
-            if self.step % s.checkpoint_every == 0 and self.step < s.steps:
+            if self.step % o.checkpoint_every == 0 and self.step < s.steps:
                 self.save(config)
             bar.update(1)
         bar.close()
@@ -358,11 +391,18 @@ class Engine:
         return last
 
 
-def _decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases, norms, band edges and embeddings (1-d parameters)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+def adamw_groups(model: nn.Module, lr: float, weight_decay: float,
+                 group_of: Callable[[str], tuple[Any, float]] = lambda name: (None, 1.0)
+                 ) -> list[dict[str, Any]]:
+    """AdamW parameter groups. `group_of(name)` gives a parameter's group key and learning-rate
+    multiplier (e.g. the front end at lr x 0.1); within each, biases, norms, band edges and
+    embeddings (1-d parameters) get no weight decay."""
+    groups: dict[tuple[Any, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (key, scale), decay = group_of(name), p.ndim >= 2
+        group = groups.setdefault((key, decay), {
+            "params": [], "lr": lr * scale, "weight_decay": weight_decay if decay else 0.0})
+        group["params"].append(p)
+    return list(groups.values())

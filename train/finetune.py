@@ -27,17 +27,16 @@ from train.data.dataset import Dataset
 from train.data.torch_data import ClipDataset, collate, fit_metadata_heads, select_files
 from train.engine import (
     Engine,
-    LoopSettings,
+    GeneratorState,
     ResumableBatches,
+    RunOptions,
     Runtime,
-    load_checkpoint,
     seed_everything,
 )
 from train.evaluate import evaluate_model
 from train.losses import sigmoid_focal_loss
 from train.masking import compute_span_mask
 from train.model.animal2vec import Animal2Vec, layerwise_param_groups
-from train.pretrain import GeneratorState, RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +163,6 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
     gen = GeneratorState(options.seed + 2)
     batches = ResumableBatches(clips, config.batch_size, options.seed, collate, runtime.rank,
                                runtime.world_size)
-    settings = LoopSettings(config.steps, config.lr, config.warmup_steps, config.weight_decay,
-                            config.grad_clip, config.grad_accum, config.amp,
-                            options.log_every, options.checkpoint_every)
     best = {"macro_ap": -math.inf}
 
     class Best:  # resumable record of the best validation score
@@ -176,15 +172,13 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
         def load_state_dict(self, state: dict[str, float]) -> None:
             best.update(state)
 
-    engine = Engine(FinetuneObjective(model, config), settings, runtime, options.out,
+    engine = Engine(FinetuneObjective(model, config), config, runtime, options,
                     extra_state={"batches": batches, "rng": gen, "best": Best()},
                     param_groups=groups)
     run_config = {"stage": "finetune", "spec": model.spec(), "labels": labels,
                   "finetune": config.to_dict(), "seed": options.seed,
                   "splits": list(options.splits), "init": str(init) if init else None}
-    if options.resume and (options.out / "last.pt").is_file():
-        engine.load_state_dict(load_checkpoint(options.out / "last.pt"))
-        log.info("resumed from %s at step %d", options.out / "last.pt", engine.step)
+    engine.resume()
     path = options.out / "model.pt"
 
     def step_fn(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -218,8 +212,7 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
             "init": str(init) if init else None})
 
     logs = engine.run(batches, step_fn, run_config, evaluate=validate if val_files else None,
-                      eval_every=eval_every or max(1, config.steps // 5), until=options.stop_at,
-                      progress=options.progress)
+                      eval_every=eval_every or max(1, config.steps // 5))
     engine.save(run_config)
     if engine.step >= config.steps:
         if val_files and engine.step % (eval_every or max(1, config.steps // 5)):

@@ -12,7 +12,6 @@ variance_explained, teacher_distance, feature_std, and the masking regime. Read 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,11 @@ from train.data.torch_data import ClipDataset, collate, select_files
 from train.ema import COPY_PREFIXES, EMATeacher, ema_decay_schedule, summed_update_weight
 from train.engine import (
     Engine,
-    LoopSettings,
+    GeneratorState,
     ResumableBatches,
+    RunOptions,
     Runtime,
-    load_checkpoint,
+    adamw_groups,
     seed_everything,
 )
 from train.losses import data2vec_targets, masked_regression_loss, regression_stats
@@ -42,35 +42,6 @@ log = logging.getLogger(__name__)
 
 # The sinc filterbank, its BatchNorm and the conv encoder (up to the projection's LayerNorm).
 FRONTEND_PREFIXES = ("frontend.", "frontend_norm.", "encoder.convs.")
-
-
-@dataclass
-class RunOptions:
-    """Where and how a training run happens (shared by pretraining and finetuning)."""
-
-    data: Path
-    out: Path
-    splits: tuple[str, ...]
-    clip_s: float = 10.0
-    seed: int = 0
-    resume: bool = False
-    stop_at: int | None = None  # stop (and checkpoint) after this many steps; resume later
-    log_every: int = 10
-    checkpoint_every: int = 500
-    progress: bool = True
-
-
-class GeneratorState:
-    """A torch.Generator as a resumable object (masks are drawn from it)."""
-
-    def __init__(self, seed: int):
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"state": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["state"])
 
 
 class Data2VecStudent(nn.Module):
@@ -189,20 +160,14 @@ def pretrain(options: RunOptions, model_config: ModelConfig, config: PretrainCon
     masks = GeneratorState(options.seed + 1)
     batches = ResumableBatches(clips, config.batch_size, options.seed, collate,
                                runtime.rank, runtime.world_size)
-    settings = LoopSettings(config.steps, config.lr, config.warmup_steps, config.weight_decay,
-                            config.grad_clip, config.grad_accum, config.amp,
-                            options.log_every, options.checkpoint_every)
-    engine = Engine(Data2VecStudent(model, config.clone_batch, frozen_norm), settings, runtime,
-                    options.out, extra_state={"teacher": teacher, "batches": batches,
-                                              "masks": masks},
+    engine = Engine(Data2VecStudent(model, config.clone_batch, frozen_norm), config, runtime,
+                    options, extra_state={"teacher": teacher, "batches": batches,
+                                          "masks": masks},
                     param_groups=pretrain_param_groups(model, config))
     teacher.to(runtime.device)
     run_config = {"stage": "pretrain", "spec": model.spec(), "pretrain": config.to_dict(),
                   "seed": options.seed, "splits": list(options.splits)}
-    if options.resume and (options.out / "last.pt").is_file():
-        engine.load_state_dict(load_checkpoint(options.out / "last.pt"))
-        log.info("resumed from %s at step %d", options.out / "last.pt", engine.step)
-    elif frozen_norm:
+    if not engine.resume() and frozen_norm:
         fit_frontend_norm(model, clips, seed=options.seed)
     top_k = config.top_k(model_config.depth)
     reach = model_config.pos_conv_kernel // 2
@@ -238,8 +203,7 @@ def pretrain(options: RunOptions, model_config: ModelConfig, config: PretrainCon
         teacher.update(model.context, decay)
         return {"ema_decay": decay, "teacher_distance": teacher.distance(model.context)}
 
-    logs = engine.run(batches, step_fn, run_config, after_step, until=options.stop_at,
-                      progress=options.progress)
+    logs = engine.run(batches, step_fn, run_config, after_step)
     engine.save(run_config)
     path = options.out / "model.pt"
     if engine.step >= config.steps and runtime.is_main:
@@ -250,15 +214,11 @@ def pretrain(options: RunOptions, model_config: ModelConfig, config: PretrainCon
 
 
 def pretrain_param_groups(model: Animal2Vec, config: PretrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on 1-d parameters (the engine's rule); the sinc + conv
-    front end at lr * frontend_lr_mult (see PretrainConfig)."""
-    groups: dict[tuple[bool, bool], dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        front, decay = name.startswith(FRONTEND_PREFIXES), p.ndim >= 2
-        group = groups.setdefault((front, decay), {
-            "params": [], "lr": config.lr * (config.frontend_lr_mult if front else 1.0),
-            "weight_decay": config.weight_decay if decay else 0.0})
-        group["params"].append(p)
-    return list(groups.values())
+    """AdamW groups: the sinc + conv front end at lr * frontend_lr_mult (see PretrainConfig),
+    no weight decay on 1-d parameters (the engine's rule)."""
+
+    def front_or_not(name: str) -> tuple[bool, float]:
+        front = name.startswith(FRONTEND_PREFIXES)
+        return front, config.frontend_lr_mult if front else 1.0
+
+    return adamw_groups(model, config.lr, config.weight_decay, front_or_not)

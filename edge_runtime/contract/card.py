@@ -12,12 +12,13 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.events import DecoderConfig
+from edge_runtime.contract.settings import from_mapping
 
 CARD_KEY = "meerkit_card"
 CARD_SCHEMA = 1
@@ -162,40 +163,9 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "model card") -> ModelCard:
-        if not isinstance(data, dict):
-            raise UserError(f"{where}: card is not a JSON object")
-        required = [f.name for f in fields(cls)
-                    if f.default is MISSING and f.default_factory is MISSING]
-        missing = [name for name in required if name not in data]
-        if missing:
-            raise UserError(f"{where}: model card lacks {', '.join(missing)}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"{where}: model card has unknown fields {', '.join(unknown)}")
-        values = dict(data)
-        try:
-            values["frontend"] = Frontend(**data.get("frontend", {}))
-            values["quantization"] = Quantization(**data.get("quantization", {}))
-        except TypeError as err:
-            raise UserError(f"{where}: {err}") from None
-        try:
-            values["labels"] = tuple(data["labels"])
-            values["thresholds"] = tuple(float(t) for t in data["thresholds"])
-        except (TypeError, ValueError) as err:
-            raise UserError(f"{where}: labels/thresholds must be lists ({err})") from None
-        for name, kind in (("decoder", LabelDecoder), ("undetectable_labels", UndetectableLabel)):
-            entries = data.get(name, [])
-            if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-                raise UserError(f"{where}: {name} must be a list of objects")
-            try:
-                values[name] = tuple(kind(**e) for e in entries)
-            except TypeError as err:
-                raise UserError(f"{where}: {name}: {err}") from None
-        try:
-            return cls(**values)
-        except UserError as err:
-            raise UserError(f"{where}: {err}") from None
+        """The card in `data` (parsed JSON); a `UserError` naming `where` and the field that
+        is missing, unknown or of the wrong type, or the values that do not fit together."""
+        return from_mapping(cls, data, where, what="model card")
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "model card") -> ModelCard:

@@ -147,6 +147,8 @@ class StreamingDecoder:
         self._on = self.config.thresholds(self.labels)
         self._off = np.maximum(self._on - self.config.per_class("hysteresis", self.labels), 0.0)
         self._emit = self.config.per_class("emit", self.labels).tolist()
+        self._emit_mask = np.array(self._emit, bool)
+        self._fast = True  # skip idle classes (tests switch it off to compare both paths)
         fr = self.frame_rate_hz
         self._gap_frames = [math.floor(g * fr + _EPS_FRAMES)
                             for g in self.config.per_class("merge_gap_s", self.labels).tolist()]
@@ -179,12 +181,20 @@ class StreamingDecoder:
         if not np.isfinite(x).all():
             raise ValueError("probs contain NaN or inf")
         out: list[Event] = []
-        if len(x):
+        if not len(x):
+            return out
+        # Fast path: a class with no event pending (none open, none waiting for a merge) and
+        # no frame at its on threshold in this push cannot change; skip it. When that holds
+        # for every class (the common case: nothing is happening) the push is one comparison.
+        visit = self._emit_mask & ((x >= self._on).any(axis=0) | (not self._fast))
+        pending = [c for c, st in enumerate(self._states) if st.alive or st.open]
+        if visit.any() or pending:
+            visit[pending] = True
             active = self._active_mask(x)
-            for c, st in enumerate(self._states):
+            for c in np.flatnonzero(visit).tolist():
                 if self._emit[c]:
-                    self._push_class(c, st, x[:, c], active[:, c], out)
-            self._n += len(x)
+                    self._push_class(c, self._states[c], x[:, c], active[:, c], out)
+        self._n += len(x)
         return _sorted(out)
 
     def flush(self) -> list[Event]:

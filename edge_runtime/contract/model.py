@@ -7,6 +7,13 @@ input and output shapes are what the card promises, and exposes `window_fn(windo
 audio windows (batch, samples) -> frame probabilities (batch, frames, classes), the contract
 of `edge_runtime.contract.windows`. Time spent inside `invoke()` is accumulated in `invoke_s`, so the
 benchmark can compare end-to-end time with the bare interpreter.
+
+The hot path allocates nothing but its small output: log-mel features go into a preallocated
+array (from `StreamingLogMel`, which reuses the frames overlapping windows share when the
+caller passes `starts`), are quantised straight into the interpreter's input tensor, and the
+output tensor is dequantised (and passed through the sigmoid) in place. The arithmetic is
+the same float32 expression, in the same order, as `_quantize_in`/`_dequantize_out`/`sigmoid`,
+so the results are bit-identical to those.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 
 from edge_runtime.contract.card import ModelCard, read_card
 from edge_runtime.contract.errors import UserError
-from edge_runtime.contract.windows import WindowGeometry
+from edge_runtime.contract.windows import WindowGeometry, WindowStarts
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,16 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     """float32 logistic; clipped so that exp cannot overflow."""
     x = np.clip(np.asarray(x, np.float32), -80.0, 80.0)
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def sigmoid_(x: np.ndarray) -> np.ndarray:
+    """`sigmoid` in place on a float32 array, the same operations in the same order."""
+    np.clip(x, -80.0, 80.0, out=x)
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    np.add(1.0, x, out=x)
+    np.divide(1.0, x, out=x)
+    return x
 
 
 def model_geometry(card: ModelCard, hop_s: float = 0.0) -> WindowGeometry:
@@ -92,10 +109,14 @@ class TFLiteModel:
         self.invokes = 0
         self.frontend_s = 0.0  # accumulated numpy log-mel time (log-mel artifacts only)
         self._check_shapes()
+        self._logmel = None
         if self.card.frontend.kind == "logmel":
             # Imported only for log-mel artifacts; it is numpy, but waveform models skip it.
-            self._frontend = importlib.import_module("edge_runtime.contract.frontend")
-            self._frontend.check_frontend(self.card.frontend, self.card.sample_rate)
+            frontend = importlib.import_module("edge_runtime.contract.frontend")
+            self._logmel = frontend.StreamingLogMel(self.card.frontend, self.card.sample_rate,
+                                                    self.card.window_samples)
+        self._features = np.zeros((1, *self.expected_input_shape()[1:]), np.float32)
+        self._scratch = np.zeros(self.expected_input_shape()[1:], np.float32)
 
     # ------------------------------------------------------------------ checks
     def expected_input_shape(self) -> tuple[int, ...]:
@@ -121,13 +142,17 @@ class TFLiteModel:
                             f"card: expected {want_out} (1, frames per window, labels)")
 
     # ------------------------------------------------------------------ inference
-    def features(self, windows: np.ndarray) -> np.ndarray:
-        """The interpreter input for (batch, samples) audio: raw samples or numpy log-mel."""
-        windows = np.asarray(windows, np.float32)
-        if self.card.frontend.kind != "logmel":
+    def features(self, windows: np.ndarray, starts: WindowStarts | None = None) -> np.ndarray:
+        """The interpreter input for (batch, samples) audio: raw samples or log-mel (a fresh
+        array; `window_fn` writes into its own buffer instead)."""
+        return self._features_of(np.asarray(windows, np.float32), starts, out=None)
+
+    def _features_of(self, windows: np.ndarray, starts: WindowStarts | None,
+                     out: np.ndarray | None) -> np.ndarray:
+        if self._logmel is None:
             return windows
         t0 = time.perf_counter()
-        x = self._frontend.logmel(windows, self.card.frontend, self.card.sample_rate)
+        x = self._logmel(windows, starts, out)
         self.frontend_s += time.perf_counter() - t0
         return x
 
@@ -154,12 +179,51 @@ class TFLiteModel:
         self.invokes += 1
         return self._dequantize_out(self.interpreter.get_tensor(self._out["index"]))
 
-    def window_fn(self, windows: np.ndarray) -> np.ndarray:
-        """(batch, window samples) float32 -> (batch, frames, classes) probabilities."""
-        x = self.features(windows)
+    def _invoke_into(self, x: np.ndarray, out: np.ndarray) -> None:
+        """`invoke` without copies: x (one window's input, float32) is quantised straight into
+        the input tensor, the output tensor dequantised into `out` (float32)."""
+        tensor = self.interpreter.tensor(self._in["index"])()[0]  # a view: drop it before invoke
+        dtype = tensor.dtype
+        if dtype in (np.int8, np.uint8, np.int16):
+            scale, zero = self._in["quantization"]
+            info, q = np.iinfo(dtype), self._scratch
+            np.divide(x, scale, out=q)  # as _quantize_in: float32 x / scale + zero, rounded
+            np.add(q, zero, out=q)
+            np.rint(q, out=q)
+            np.clip(q, info.min, info.max, out=q)
+            tensor[...] = q
+        else:
+            tensor[...] = x
+        del tensor
+        t0 = time.perf_counter()
+        self.interpreter.invoke()
+        self.invoke_s += time.perf_counter() - t0
+        self.invokes += 1
+        y = self.interpreter.tensor(self._out["index"])()[0]
+        if y.dtype in (np.int8, np.uint8, np.int16):
+            scale, zero = self._out["quantization"]
+            np.subtract(y, zero, out=out, dtype=np.float32)
+            np.multiply(out, scale, out=out)
+        else:
+            out[...] = y
+        del y
+
+    def window_fn(self, windows: np.ndarray, starts: WindowStarts | None = None) -> np.ndarray:
+        """(batch, window samples) float32 -> (batch, frames, classes) probabilities.
+        `starts` (from `WindowedStream`) lets the front end reuse frames of earlier windows."""
+        windows = np.asarray(windows, np.float32)
+        n = len(windows)
+        if self._logmel is not None and len(self._features) < n:
+            self._features = np.zeros((n, *self._features.shape[1:]), np.float32)
+        x = self._features_of(windows, starts, self._features)
+        c = self.card
+        y = np.empty((n, c.frames_per_window, len(c.labels)), np.float32)
         # Artifacts have static batch-1 shapes (the converter needs them); loop the batch.
-        y = np.stack([self.invoke(x[i : i + 1])[0] for i in range(len(x))])
-        return sigmoid(y) if self.card.output == "logits" else y.astype(np.float32)
+        for i in range(n):
+            self._invoke_into(x[i], y[i])
+        if c.output == "logits":
+            sigmoid_(y)
+        return y
 
     def describe(self) -> str:
         c = self.card

@@ -23,7 +23,6 @@ skipped and described in `Dataset.problems`, while problems that leave no usable
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,18 +32,17 @@ import numpy as np
 
 from edge_runtime.contract.errors import UserError, location
 from edge_runtime.contract.events import Event, events_to_frames
-from train.data.annotations import (
-    Annotation,
-    DatasetError,
-    fail_or_record,
-    missing_file_message,
-    parse_file,
-    read_annotations,
-    read_table,
-    unique_labels,
-)
+from train.data.annotations import Annotation, read_annotations, unique_labels
 from train.data.audio_io import AudioInfo, audio_info, list_audio, read_audio
 from train.data.metadata import Metadata, read_metadata
+from train.data.table import (
+    DatasetError,
+    check_recording,
+    fail_or_record,
+    parse_file,
+    read_rows,
+    write_table,
+)
 
 __all__ = ["Clip", "Dataset", "DatasetError", "SPLIT_NAME", "read_labels", "read_splits",
            "write_labels", "write_splits"]
@@ -263,28 +261,21 @@ def read_splits(
     problems: list[str] | None = None,
 ) -> dict[str, str]:
     """splits.csv -> {file: split}; an empty split cell leaves the file in no split."""
-    path = Path(path)
     out: dict[str, str] = {}
     first: dict[str, int] = {}
-    for line, cells in read_table(path, ("file", "split"), (), problems):
-        where = location(path, line)
-        try:
-            file, split = parse_file(cells["file"], where), cells["split"]
-            if file in dropped:
-                continue
-            if files is not None and file not in files:
-                raise DatasetError(missing_file_message(where, file))
-            if file in first:
-                raise DatasetError(f"{where}: file '{file}' is listed twice "
-                                   f"(first on line {first[file]})")
-            if split and not SPLIT_NAME.fullmatch(split):
-                hint = (f"; did you mean '{split.lower()}'?"
-                        if SPLIT_NAME.fullmatch(split.lower()) else "")
-                raise DatasetError(f"{where}: split '{split}' is not a lowercase name "
-                                   f"([a-z0-9_]+, e.g. {', '.join(KNOWN_SPLITS)}){hint}")
-        except DatasetError as err:
-            fail_or_record(str(err), problems)
-            continue
+
+    def parse(cells: dict[str, str], where: str) -> tuple[str, str] | None:
+        file, split = parse_file(cells["file"], where), cells["split"]
+        if not check_recording(file, where, files, dropped, first):
+            return None
+        if split and not SPLIT_NAME.fullmatch(split):
+            hint = (f"; did you mean '{split.lower()}'?"
+                    if SPLIT_NAME.fullmatch(split.lower()) else "")
+            raise DatasetError(f"{where}: split '{split}' is not a lowercase name "
+                               f"([a-z0-9_]+, e.g. {', '.join(KNOWN_SPLITS)}){hint}")
+        return file, split
+
+    for line, (file, split) in read_rows(Path(path), ("file", "split"), (), parse, problems):
         first[file] = line
         if split:
             out[file] = split
@@ -292,7 +283,4 @@ def read_splits(
 
 
 def write_splits(path: str | Path, splits: Mapping[str, str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["file", "split"])
-        writer.writerows(splits.items())
+    write_table(path, ["file", "split"], splits.items())

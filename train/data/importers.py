@@ -25,18 +25,12 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 from edge_runtime.contract.errors import UserError, location
-from train.data.annotations import (
-    Annotation,
-    DatasetError,
-    check_annotation,
-    fail_or_record,
-    unique_labels,
-    write_annotations,
-)
+from train.data.annotations import Annotation, check_annotation, unique_labels, write_annotations
 from train.data.audio_io import AudioInfo, audio_info, list_audio
 from train.data.dataset import Dataset, write_labels
 from train.data.metadata import Metadata, write_metadata
 from train.data.raven import audio_stem_of_table, read_raven_table
+from train.data.table import DatasetError, fail_or_record, parse_decimal, read_text
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +164,7 @@ def read_audacity_labels(path: str | Path, file: str, problems: list[str] | None
     path = Path(path)
     rows: Sourced = []
     last_line = failed_line = 0  # line numbers of the last label line parsed / rejected
-    for n, line in enumerate(_text(path).splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = location(path, n)
@@ -181,7 +175,8 @@ def read_audacity_labels(path: str | Path, file: str, problems: list[str] | None
                     continue  # its label line was already reported
                 if last_line != n - 1:
                     raise DatasetError(f"{where}: frequency line without a label line above it")
-                low, high = (_num(c, "frequency", where) for c in (cells + ["", ""])[1:3])
+                low, high = (parse_decimal(c, "frequency", where)
+                             for c in (cells + ["", ""])[1:3])
                 # Audacity writes -1 for an undefined bound.
                 prev_where, prev = rows[-1]
                 rows[-1] = (prev_where, replace(prev, low_hz=low if low >= 0 else None,
@@ -189,7 +184,8 @@ def read_audacity_labels(path: str | Path, file: str, problems: list[str] | None
                 continue
             if len(cells) < 3:
                 raise DatasetError(f"{where}: expected start<TAB>end<TAB>label, got {line!r}")
-            start, end = _num(cells[0], "start", where), _num(cells[1], "end", where)
+            start = parse_decimal(cells[0], "start", where)
+            end = parse_decimal(cells[1], "end", where)
             if end == start:
                 raise DatasetError(f"{where}: point label at {start:g} s (start = end); "
                                    "annotate a region instead")
@@ -247,7 +243,7 @@ def import_meerkat(
 def read_clip_labels(path: str | Path, file: str, problems: list[str] | None = None) -> Sourced:
     """Rows of one MeerKAT-style label file as (where, Annotation) for `file`."""
     path = Path(path)
-    text = _text(path)
+    text = read_text(path)
     first = next((line for line in text.splitlines() if line.strip()), "")
     delimiter = "\t" if "\t" in first else ","
     records = [(n, [c.strip() for c in row]) for n, row in
@@ -371,23 +367,3 @@ def _expand(paths: Sequence[str | Path], pattern: str) -> list[Path]:
     for p in map(Path, paths):
         out.extend(sorted(p.rglob(pattern)) if p.is_dir() else [p])
     return out
-
-
-def _text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DatasetError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        return raw.decode("cp1252", errors="replace")
-
-
-def _num(text: str, column: str, where: str) -> float:
-    try:
-        # Older Audacity builds write the locale's decimal comma.
-        return float(text.strip().replace(",", ".") if "." not in text else text)
-    except ValueError:
-        raise DatasetError(f"{where}: {column} '{text.strip()}' is not a number") from None
-

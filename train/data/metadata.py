@@ -6,21 +6,18 @@ or an empty cell, is simply missing (None), never guessed.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from edge_runtime.contract.errors import location
-from train.data.annotations import (
+from train.data.table import (
     DatasetError,
-    cell_text,
-    fail_or_record,
-    missing_file_message,
+    check_recording,
     parse_file,
     parse_float,
-    read_table,
+    read_rows,
+    write_records,
 )
 
 NUMERIC_FIELDS = ("lat", "lon", "elevation_m")
@@ -97,38 +94,19 @@ def read_metadata(
     files: if given, the audio files that exist; naming another one is an error (files in
         `dropped` were skipped earlier in lenient mode and are ignored here).
     """
-    path = Path(path)
     out: dict[str, Metadata] = {}
     first_line: dict[str, int] = {}
-    for line, cells in read_table(path, ("file",), METADATA_FIELDS, problems):
-        where = location(path, line)
-        try:
-            meta = parse_metadata(cells, where)
-            if meta.file in dropped:
-                continue
-            if files is not None and meta.file not in files:
-                raise DatasetError(missing_file_message(where, meta.file))
-            if meta.file in out:
-                raise DatasetError(f"{where}: file '{meta.file}' is listed twice "
-                                   f"(first on line {first_line[meta.file]})")
-        except DatasetError as err:
-            fail_or_record(str(err), problems)
-            continue
+
+    def parse(cells: dict[str, str], where: str) -> Metadata | None:
+        meta = parse_metadata(cells, where)
+        return meta if check_recording(meta.file, where, files, dropped, first_line) else None
+
+    for line, meta in read_rows(Path(path), ("file",), METADATA_FIELDS, parse, problems):
         out[meta.file], first_line[meta.file] = meta, line
     return out
 
 
 def write_metadata(path: str | Path, rows: Iterable[Metadata]) -> None:
     """Write `metadata.csv` with `file` plus every field some row has."""
-    rows = list(rows)
-    columns = ["file"] + [f for f in METADATA_FIELDS if any(getattr(r, f) is not None for r in rows)]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(columns)
-        for r in rows:
-            writer.writerow([_meta_cell(getattr(r, c)) for c in columns])
-
-
-def _meta_cell(value: object) -> str:
-    return value.isoformat() if isinstance(value, datetime) else cell_text(value)
+    write_records(path, rows, ("file",), METADATA_FIELDS)
 

@@ -16,7 +16,7 @@ from pathlib import Path, PureWindowsPath
 
 from edge_runtime.contract.errors import location
 from edge_runtime.contract.raven import TABLE_SUFFIX, write_selection_table
-from train.data.annotations import DatasetError, fail_or_record
+from train.data.table import DatasetError, fail_or_record, parse_decimal, read_text
 
 LABEL_COLUMNS = ("species", "annotation", "label", "class", "call type")
 
@@ -53,7 +53,7 @@ def read_raven_table(
     Label, Class, Call Type present (case-insensitive).
     """
     path = Path(path)
-    lines = _read_lines(path)
+    lines = read_text(path).splitlines()
     head = next((i for i, line in enumerate(lines) if line.strip()), None)
     if head is None:
         raise DatasetError(f"{path}: empty file, not a Raven selection table")
@@ -137,23 +137,7 @@ def _number(text: str, column: str, where: str, required: bool = True) -> float 
         if required:
             raise DatasetError(f"{where}: {column} is empty")
         return None
-    try:
-        # Raven on a European-locale machine may write decimal commas.
-        return float(text.replace(",", ".") if "." not in text else text)
-    except ValueError:
-        raise DatasetError(f"{where}: {column} '{text}' is not a number") from None
-
-
-def _read_lines(path: Path) -> list[str]:
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise DatasetError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("cp1252", errors="replace")  # Raven on Windows writes the ANSI page
-    return text.splitlines()
+    return parse_decimal(text, column, where)
 
 
 def write_raven_table(

@@ -1,5 +1,5 @@
-"""edge_runtime.stream: streaming detection == offline detection; gaps keep event times right;
-messages match the schema."""
+"""edge_runtime.detect: streaming detection == offline detection; gaps keep event times right;
+messages (edge_runtime.message, printed by the print sink) match the schema."""
 
 import io
 import json
@@ -16,8 +16,10 @@ from edge_runtime.contract.model import TFLiteModel, model_geometry
 from edge_runtime.contract.times import iso_utc
 from edge_runtime.contract.wav import write_wav
 from edge_runtime.contract.windows import track
-from edge_runtime.publish import PrintPublisher
-from edge_runtime.stream import Detector, Pipeline, detection_message, event_id
+from edge_runtime.detect import Detector, Pipeline
+from edge_runtime.message import detection_message, event_id, message_builder
+from edge_runtime.sinks import FanOut
+from edge_runtime.sinks.print import PrintSink
 
 T0 = 1704067200.0  # 2024-01-01T00:00:00Z
 SCHEMA = Path(__file__).resolve().parents[1] / "edge_runtime" / "contract" / "schemas" / "detection.schema.json"
@@ -88,8 +90,10 @@ def test_message_matches_schema(model):
     d = (det.push(burst_audio(2.0, [(0.5, 0.3, 0.95)])) + det.flush())[0]
     msg = detection_message(d, model.card, "pi-7", site="kalahari-3", lat=-26.9, lon=21.8)
     out = io.StringIO()
-    PrintPublisher(out).publish(msg)
+    to_message = message_builder(model.card, "pi-7", site="kalahari-3", lat=-26.9, lon=21.8)
+    PrintSink(to_message, out, clock=lambda: T0 + 5).handle([d])
     printed = json.loads(out.getvalue())
+    assert printed == {**msg, "published_at": "2024-01-01T00:00:05.000Z"}
     jsonschema.validate(printed, schema)
     assert printed["start"] == "2024-01-01T00:00:00.500Z" and printed["duration_s"] == 0.3
     assert printed["location"] == {"lat": -26.9, "lon": 21.8} and printed["site"] == "kalahari-3"
@@ -98,11 +102,26 @@ def test_message_matches_schema(model):
         jsonschema.validate({**printed, "unexpected": 1}, schema)
 
 
+class Collect(list):
+    """A sink that keeps what it is handed."""
+
+    essential = True
+
+    def handle(self, detections):
+        self.extend(detections)
+
+    def status(self, stats):
+        pass
+
+    def close(self, timeout_s):
+        return 0
+
+
 def run_pipeline(model, source, buffer_s=30.0):
     conformer = Conformer(source.sample_rate, source.channels, 16000)
     det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "d", T0)
-    got = []
-    pipe = Pipeline(source, conformer, det, got.extend, buffer_s=buffer_s)
+    got = Collect()
+    pipe = Pipeline(source, conformer, det, FanOut([got]), buffer_s=buffer_s)
     pipe.start()
     assert pipe.join(30)
     assert pipe.error is None
@@ -203,8 +222,8 @@ def test_event_times_follow_the_wall_clock_when_the_sound_card_drifts(model):
     card = SkewedSoundCard(burst_audio(3.0, bursts))
     det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "d",
                    time.time())
-    got = []
-    pipe = Pipeline(card, Conformer(16000, 1, 16000), det, got.extend, max_clock_drift_s=0.04,
+    got = Collect()
+    pipe = Pipeline(card, Conformer(16000, 1, 16000), det, FanOut([got]), max_clock_drift_s=0.04,
                     drift_blocks=4)
     pipe.start()
     assert pipe.join(30) and pipe.error is None

@@ -3,11 +3,12 @@ soundfile), resumable, parallel over files. numpy + the TFLite interpreter only,
 on the recorder itself.
 
 Each file is read in blocks (an hour at 384 kHz never sits in memory), mixed to mono and
-resampled to the model's rate (`audio.Conformer`, as in the field runtime), windowed with
-`windows.WindowedStream` and decoded with `events.StreamingDecoder` using the card's per-label
-decoder settings (`threshold` etc. override them for every label); labels the card marks
-undetectable are not reported unless `emit_undetectable`. Streaming equals batch (`windows.track`,
-`events.decode_events`) by test, so results match `meerkit` evaluation.
+resampled to the model's rate (`audio.Conformer`, as in the field runtime) and run through the
+field runtime's `detect.Detector` with the card's per-label decoder settings
+(`detect.decoder_settings`: `threshold` etc. override them); labels the card marks
+undetectable are not reported unless `emit_undetectable`. The Detector equals whole-file
+`windows.track` + `events.decode_events` by test, so results match `meerkit` evaluation and
+`edge-runtime` replaying the same file. The output files are `batch_outputs`'.
 
 Outputs in `out`:
   <rel dir>/<stem>.Table.1.selections.txt   one Raven table per audio file (header only when
@@ -32,14 +33,12 @@ failed.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import importlib
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,22 +52,25 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.audio import Conformer, Put, WavSource, recording_start
+from edge_runtime.batch_outputs import (
+    Progress,
+    event_rows,
+    table_path,
+    write_atomic,
+    write_events,
+    write_table,
+)
 from edge_runtime.contract.errors import UserError
-from edge_runtime.contract.events import DecoderConfig, Event, StreamingDecoder
+from edge_runtime.contract.events import DecoderConfig, Event
 from edge_runtime.contract.model import TFLiteModel, model_geometry
-from edge_runtime.contract.raven import table_name, write_selection_table
-from edge_runtime.contract.times import format_number, iso_utc
-from edge_runtime.contract.windows import WindowedStream
+from edge_runtime.contract.raven import table_name
+from edge_runtime.detect import Detection, Detector, decoder_settings
 
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 MANIFEST = "manifest.jsonl"
-EVENTS_CSV = "events.csv"
-EVENTS_PARQUET = "events.parquet"
 Reader = Callable[[Put], None]  # calls put(block) for every block of a file
-CSV_COLUMNS = ("file", "label", "start_s", "end_s", "confidence_max", "confidence_mean",
-               "start_utc")
 
 
 @dataclass
@@ -77,6 +79,7 @@ class AnalyzeConfig:
     out: str  # output folder
     workers: int = 0  # processes; 0 = one per CPU core (pass 1 on a recorder that also listens)
     threshold: float | None = None  # overrides every label's card threshold
+    thresholds: dict[str, float] = field(default_factory=dict)  # per label, after `threshold`
     hysteresis: float | None = None  # None: the card's per label (0.1 on older cards)
     min_duration_s: float | None = None  # None: the card's per label (0 on older cards)
     merge_gap_s: float | None = None  # None: the card's per label (0 on older cards)
@@ -163,10 +166,6 @@ def find_audio(paths: Sequence[str | Path], recursive: bool = False) -> list[Job
     return jobs
 
 
-def table_path(out: Path, rel: str) -> Path:
-    return out / Path(rel).parent / table_name(rel)
-
-
 # ------------------------------------------------------------------------- one file
 class _Analyser:
     """Per-process state: the interpreter and the settings (one per worker)."""
@@ -195,35 +194,24 @@ class _Analyser:
         card = self.model.card
         rate, channels, reader, warning = open_audio(Path(job.path), self.block_s)
         if self.channel != "mix" and int(self.channel) >= channels:
-            raise UserError(f"{job.path}: --channel {self.channel}: the file has {channels} "
-                            "channel(s) (0-based index)")
+            raise UserError(f"{job.path}: --audio-channel {self.channel}: the file has "
+                            f"{channels} channel(s) (0-based index)")
         conformer = Conformer(rate, channels, card.sample_rate, self.channel)
-        stream = WindowedStream(self.geometry, self.model.window_fn, batch=16)
-        decoder = StreamingDecoder(card.labels, card.frame_rate_hz, self.decoder, file=job.rel)
-        events: list[Event] = []
+        detector = Detector(self.model.window_fn, card, self.geometry, self.decoder)
+        detections: list[Detection] = []
         n = 0
-
-        def push(mono: np.ndarray) -> None:
-            probs = stream.push(mono) if len(mono) else mono
-            if probs.size:
-                events.extend(decoder.push(probs))
 
         def put(block: np.ndarray) -> None:
             nonlocal n
             n += len(block)
-            push(conformer.process(block))
+            detections.extend(detector.push(conformer.process(block)))
 
         reader(put)
         if n == 0:
             raise UserError(f"{job.path}: no audio samples")
-        push(conformer.flush())
-        probs = stream.flush()
-        if probs.size:
-            events.extend(decoder.push(probs))
-        events.extend(decoder.flush())
-        events.sort(key=lambda e: (e.start_s, e.label))
-        write_selection_table(table_path(self.out, job.rel), events, nyquist_hz=rate / 2,
-                              confidence=True)
+        detections.extend(detector.push(conformer.flush()) + detector.flush())
+        events = sorted((d.event(job.rel) for d in detections), key=lambda e: (e.start_s, e.label))
+        write_table(self.out, job.rel, events, rate)
         try:
             start = recording_start(job.path).timestamp()
         except UserError:
@@ -333,12 +321,6 @@ def _is_done(entry: dict[str, Any] | None, job: Job, settings: dict[str, Any], o
         and entry.get("settings") == settings and table_path(out, job.rel).is_file()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
     """One `analyze` per output folder: two would interleave manifest lines."""
@@ -355,112 +337,33 @@ def _lock(out: Path) -> Iterator[None]:
         yield
 
 
-# ------------------------------------------------------------------------- outputs
-def event_rows(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for entry in sorted(entries, key=lambda e: e["file"]):
-        start = entry.get("start_unix")
-        for label, s, e, cmax, cmean in entry["events"]:
-            rows.append({"file": entry["file"], "label": label, "start_s": s, "end_s": e,
-                         "confidence_max": cmax, "confidence_mean": cmean,
-                         "start_utc": iso_utc(start + s) if start is not None else ""})
-    return rows
-
-
-def write_events(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
-    """events.csv, and events.parquet when pyarrow is importable."""
-    import io
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow([r["file"], r["label"], format_number(r["start_s"]),
-                         format_number(r["end_s"]), format_number(r["confidence_max"]),
-                         format_number(r["confidence_mean"]), r["start_utc"]])
-    written = [out / EVENTS_CSV]
-    _write_atomic(written[0], buf.getvalue())
-    try:
-        pa = importlib.import_module("pyarrow")
-        pq = importlib.import_module("pyarrow.parquet")
-    except ImportError:
-        stale = out / EVENTS_PARQUET
-        if stale.exists():  # from a run with pyarrow: it would contradict events.csv
-            log.warning("%s removed: pyarrow is not installed to update it", stale)
-            stale.unlink()
-        return written
-    table = pa.table({
-        "file": pa.array([r["file"] for r in rows], pa.string()),
-        "label": pa.array([r["label"] for r in rows], pa.string()),
-        **{k: pa.array([r[k] for r in rows], pa.float64())
-           for k in ("start_s", "end_s", "confidence_max", "confidence_mean")},
-        "start_utc": pa.array([r["start_utc"] or None for r in rows], pa.string()),
-    })
-    tmp = out / f".{EVENTS_PARQUET}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out / EVENTS_PARQUET)
-    return [*written, out / EVENTS_PARQUET]
-
-
-class _Progress:
-    """tqdm when installed, else one stderr line per file."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.bar = None
-        if enabled and total:
-            try:
-                tqdm = importlib.import_module("tqdm").tqdm
-                self.bar = tqdm(total=total, unit="file", desc="analyze", file=sys.stderr)
-            except ImportError:
-                pass
-
-    def update(self, result: FileResult) -> None:
-        self.done += 1
-        if result.status != "ok":
-            self.write(f"failed: {result.error}")
-        elif result.warning:
-            self.write(f"warning: {result.warning}")
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled:
-            print(f"analyze: {self.done}/{self.total} {result.job.rel}: {result.status}, "
-                  f"{len(result.events)} events", file=sys.stderr, flush=True)
-
-    def write(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            log.warning("%s", text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 # ------------------------------------------------------------------------- the batch
 def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
     """Analyse every audio file under `inputs` (see the module docstring)."""
     t0 = time.perf_counter()
     if cfg.workers < 0:
         raise UserError(f"--workers {cfg.workers}: must be >= 0 (0 = one per CPU core)")
-    if cfg.threshold is not None and not 0.0 <= cfg.threshold <= 1.0:
-        raise UserError(f"--threshold {cfg.threshold}: must be in [0, 1]")
+    given = {"": cfg.threshold} if cfg.threshold is not None else {}
+    for label, value in {**given, **cfg.thresholds}.items():
+        if not 0.0 <= value <= 1.0:
+            raise UserError(f"--model-thresholds {label}{'=' if label else ''}{value:g}: must "
+                            "be in [0, 1]")
     if cfg.channel != "mix" and not cfg.channel.isdigit():
-        raise UserError(f"--channel {cfg.channel!r}: 'mix' or a 0-based channel index")
+        raise UserError(f"--audio-channel {cfg.channel!r}: 'mix' or a 0-based channel index")
     jobs = find_audio(inputs, cfg.recursive)
     model = TFLiteModel(cfg.model, threads=1)  # refuses a card-less artifact before any work
     card = model.card
-    thresholds = ([cfg.threshold] * len(card.labels) if cfg.threshold is not None
-                  else list(card.thresholds))
-    decoder = card.decoder_config(thresholds, cfg.hysteresis, cfg.min_duration_s,
-                                  cfg.merge_gap_s, emit_undetectable=cfg.emit_undetectable)
+    decoder = decoder_settings(card, threshold=cfg.threshold, thresholds=cfg.thresholds,
+                               hysteresis=cfg.hysteresis, min_duration_s=cfg.min_duration_s,
+                               merge_gap_s=cfg.merge_gap_s,
+                               emit_undetectable=cfg.emit_undetectable,
+                               where="--model-thresholds")
     off = card.suppressed(cfg.emit_undetectable)
     if off:
         log.warning("not reported, the card marks them undetectable (--emit-undetectable "
                     "reports them): %s", "; ".join(f"{u.label} ({u.reason})" for u in off))
     settings = {"model_sha256": file_sha256(cfg.model), "labels": list(card.labels),
-                "thresholds": thresholds, "hysteresis": decoder.hysteresis,
+                "thresholds": list(decoder.threshold), "hysteresis": decoder.hysteresis,
                 "min_duration_s": decoder.min_duration_s, "merge_gap_s": decoder.merge_gap_s,
                 "not_reported": [u.label for u in off], "channel": cfg.channel}
     out = Path(cfg.out)
@@ -477,7 +380,7 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
             log.info("%d of %d files already analysed with these settings (manifest %s); "
                      "--force analyses them again", summary.skipped, len(jobs), manifest)
         workers = min(cfg.workers or os.cpu_count() or 1, max(1, len(todo)))
-        progress = _Progress(len(todo), cfg.progress)
+        progress = Progress(len(todo), cfg.progress)
         try:
             with open(manifest, "a", encoding="utf-8") as fh:
                 for result in _run(todo, workers, model, cfg, decoder):
@@ -495,7 +398,7 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
         finally:
             progress.close()
         # Compact: one line per file, so the manifest does not grow with every rerun.
-        _write_atomic(manifest, "".join(json.dumps(e, separators=(",", ":")) + "\n"
+        write_atomic(manifest, "".join(json.dumps(e, separators=(",", ":")) + "\n"
                                         for e in latest.values()))
         done = [latest[j.path] for j in jobs if latest.get(j.path, {}).get("status") == "ok"]
         rows = event_rows(done)
@@ -544,18 +447,3 @@ def _run(todo: Sequence[Job], workers: int, model: TFLiteModel, cfg: AnalyzeConf
         except BaseException:  # Ctrl-C, or the caller stopped: drop the queued files
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-
-
-def format_summary(s: Summary) -> str:
-    rate = f", {s.audio_s / s.wall_s:.0f}x real time" if s.audio_s and s.wall_s else ""
-    lines = [f"analyze: {s.files} files: {s.analysed - len(s.failed)} analysed, {s.skipped} "
-             f"already done, {len(s.failed)} failed; {s.events} events in "
-             f"{s.out / EVENTS_CSV} ({s.audio_s:.0f} s of audio in {s.wall_s:.1f} s{rate})"]
-    if s.warnings:
-        lines.append(f"warnings ({len(s.warnings)}):")
-        lines += [f"  {w}" for _, w in s.warnings]
-    if s.failed:
-        lines.append(f"failed ({len(s.failed)}; a rerun retries them):")
-        lines += [f"  {e}" for _, e in s.failed]
-    return "\n".join(lines)
-

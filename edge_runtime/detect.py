@@ -1,4 +1,6 @@
-"""Capture thread -> bounded ring buffer -> inference thread -> windows -> decoder -> detections.
+"""Audio -> `Detection`s: capture thread -> bounded ring buffer -> inference thread -> windows
+-> decoder. No JSON, no MQTT: what happens to a detection is the sinks' business
+(`edge_runtime.sinks`), its wire format is `edge_runtime.message`.
 
 * `RingBuffer` holds captured blocks, each stamped with its index in the source's sample
   count. Live sources never wait: when inference falls behind and the buffer is full, the
@@ -6,36 +8,38 @@
   as fast as possible wait instead (back-pressure): there is no sound card to keep up with.
 * `Detector` (no threads) turns model-rate mono audio into `Detection`s with
   `edge_runtime.contract.windows.WindowedStream` + `edge_runtime.contract.events.StreamingDecoder` — the same
-  objects the offline tools use, so a replayed file gives the offline events. A gap in the
-  input (dropped audio) ends the current segment (its events are closed) and starts a new
-  one at the right time: event times never slide after an overrun.
+  objects the offline tools use, so a replayed file gives the offline events; batch analysis
+  (`edge_runtime.batch`) is the same Detector fed from files. A gap in the input (dropped
+  audio) ends the current segment (its events are closed) and starts a new one at the right
+  time: event times never slide after an overrun.
 * Event ids are sha256(device, model sha256, label, onset sample)[:16] with the onset as an
   absolute sample index (Unix time x sample rate): a resend, or a re-run of the same file with
   the same start time, gives the same id.
+* `decoder_settings` is the one place where the card's per-label decoder settings meet the
+  user's overrides (`edge-runtime` and `meerkit analyze` both call it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from edge_runtime.audio import Conformer, Source
+from edge_runtime.config import suggest
 from edge_runtime.contract.card import ModelCard
+from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.events import DecoderConfig, Event, StreamingDecoder
-from edge_runtime.contract.times import iso_utc
 from edge_runtime.contract.windows import WindowedStream, WindowFn, WindowGeometry
+from edge_runtime.message import event_id
 
 log = logging.getLogger(__name__)
-
-DETECTION_SCHEMA = 1
 
 
 # ------------------------------------------------------------------------- ring buffer
@@ -111,46 +115,49 @@ class Detection:
     confidence_max: float
     confidence_mean: float
     onset_sample: int  # absolute: Unix time x sample rate
-    stream_start_s: float  # onset relative to the stream start (clips, tests)
+    stream_start_s: float  # onset relative to the stream start (clips, tests, batch)
     stream_end_s: float
 
     @property
     def duration_s(self) -> float:
         return self.end - self.start
 
+    def event(self, file: str = "") -> Event:
+        """As the offline tools' `Event`, in stream time (what batch analysis reports)."""
+        return Event(self.label, self.stream_start_s, self.stream_end_s, self.confidence_max,
+                     self.confidence_mean, file=file)
 
-def event_id(device_id: str, model_sha256: str, label: str, onset_sample: int) -> str:
-    key = f"{device_id}\n{model_sha256}\n{label}\n{onset_sample}".encode()
-    return hashlib.sha256(key).hexdigest()[:16]
 
-
-def detection_message(d: Detection, card: ModelCard, device_id: str, site: str = "",
-                      lat: float | None = None, lon: float | None = None) -> dict[str, Any]:
-    """The JSON message of schemas/detection.schema.json (without published_at, which the
-    publisher adds when it hands the message to the broker)."""
-    msg: dict[str, Any] = {
-        "schema": DETECTION_SCHEMA,
-        "event_id": d.event_id,
-        "device_id": device_id,
-        "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
-        "label": d.label,
-        "confidence": {"max": round(d.confidence_max, 6), "mean": round(d.confidence_mean, 6)},
-        "start": iso_utc(d.start),
-        "end": iso_utc(d.end),
-        "duration_s": round(d.duration_s, 6),
-    }
-    if lat is not None and lon is not None:
-        msg["location"] = {"lat": lat, "lon": lon}
-    if site:
-        msg["site"] = site
-    return msg
+def decoder_settings(card: ModelCard, *, threshold: float | None = None,
+                     thresholds: Mapping[str, float] | None = None,
+                     hysteresis: float | None = None, min_duration_s: float | None = None,
+                     merge_gap_s: float | None = None, max_duration_s: float | None = None,
+                     emit_undetectable: bool = False,
+                     where: str = "model.thresholds") -> DecoderConfig:
+    """The card's per-label decoder settings with the user's overrides: `threshold` replaces
+    every label's, then `thresholds` single labels (`where` names the setting in the error for
+    a label the model does not have); any other value given replaces the card's for every
+    label. The labels the card marks undetectable are off unless `emit_undetectable`."""
+    labels = list(card.labels)
+    on = [threshold] * len(labels) if threshold is not None else list(card.thresholds)
+    for label, value in (thresholds or {}).items():
+        if label not in labels:
+            raise UserError(f"{where}: the model has no label {label!r}"
+                            f"{suggest(label, labels)}; labels are {', '.join(labels)}")
+        on[labels.index(label)] = value
+    return card.decoder_config(on, hysteresis, min_duration_s, merge_gap_s, max_duration_s,
+                               emit_undetectable)
 
 
 class Detector:
-    """Model-rate mono audio (with its sample index) -> detections. Not thread-safe."""
+    """Model-rate mono audio (with its sample index) -> detections. Not thread-safe.
+
+    `start_time` (Unix time of sample 0) and `device_id` only enter the detections' absolute
+    times and event ids; batch analysis of a file leaves them at their defaults and reads the
+    stream-relative times."""
 
     def __init__(self, window_fn: WindowFn, card: ModelCard, geometry: WindowGeometry,
-                 decoder: DecoderConfig, device_id: str, start_time: float):
+                 decoder: DecoderConfig, device_id: str = "", start_time: float = 0.0):
         self.fn, self.card, self.g, self.decoder_cfg = window_fn, card, geometry, decoder
         self.device_id, self.start_time = device_id, start_time
         self._origin = round(start_time * card.sample_rate)  # absolute index of sample 0
@@ -213,20 +220,36 @@ class Detector:
 
 
 # ------------------------------------------------------------------------- threads
-Emit = Callable[[list[Detection]], None]
-AudioTap = Callable[[np.ndarray, int], None]  # (model-rate mono samples, index of the first)
+class Output(Protocol):
+    """Where the pipeline hands its results (`edge_runtime.sinks.FanOut`); it never knows what
+    happens to them."""
+
+    def handle(self, detections: list[Detection]) -> None:
+        """New detections (never an empty list)."""
+
+    def feed(self, mono: np.ndarray, at: int) -> None:
+        """Model-rate mono samples, `at` = index of the first (clips keep recent audio)."""
+
+
+class Progress(Protocol):
+    """Told how much audio arrived and how much was processed (edge_runtime.watchdog)."""
+
+    def audio_received(self, frames: int) -> None: ...
+
+    def audio_processed(self, samples: int) -> None: ...
 
 
 class Pipeline:
     """Runs a source in a capture thread and detection in an inference thread."""
 
-    def __init__(self, source: Source, conformer: Conformer, detector: Detector, emit: Emit,
-                 buffer_s: float = 30.0, tap: AudioTap | None = None,
-                 max_clock_drift_s: float = 0.2, drift_blocks: int = 50):
+    def __init__(self, source: Source, conformer: Conformer, detector: Detector, output: Output,
+                 buffer_s: float = 30.0, max_clock_drift_s: float = 0.2, drift_blocks: int = 50,
+                 progress: Progress | None = None):
         self.source, self.conformer, self.detector = source, conformer, detector
+        self.progress = progress
         self.max_clock_drift_s, self.drift_blocks = max_clock_drift_s, drift_blocks
         self.reanchors = 0
-        self.emit, self.tap = emit, tap
+        self.output = output
         self.ring = RingBuffer(round(buffer_s * source.sample_rate), wait_when_full=not source.live)
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
@@ -258,7 +281,15 @@ class Pipeline:
 
     def _capture_main(self) -> None:
         try:
-            self.source.run(self.ring.put, self.stop_event)
+            put = self.ring.put
+            if self.progress is not None:
+                received = self.progress.audio_received
+
+                def put(block: np.ndarray) -> None:
+                    received(len(block))
+                    self.ring.put(block)
+
+            self.source.run(put, self.stop_event)
         except BaseException as err:  # reported by the supervisor, not swallowed
             self.error = err
         finally:
@@ -313,20 +344,22 @@ class Pipeline:
             self._push(mono, model_index)
             model_index += len(mono)
             self.busy_s += time.perf_counter() - t0
+            if self.progress is not None:
+                self.progress.audio_processed(len(block))
         t0 = time.perf_counter()
         self._push(conf.flush(), model_index)
         self._emit(det.flush())
         self.busy_s += time.perf_counter() - t0
 
     def _push(self, mono: np.ndarray, at: int) -> None:
-        if self.tap is not None and len(mono):
-            self.tap(mono, at)
+        if len(mono):
+            self.output.feed(mono, at)
         self._emit(self.detector.push(mono, at))
 
     def _emit(self, detections: list[Detection]) -> None:
         if detections:
             self.detections += len(detections)
-            self.emit(detections)
+            self.output.handle(detections)
 
     def stats(self) -> dict[str, Any]:
         sr = self.detector.card.sample_rate

@@ -3,7 +3,8 @@
 The recorder keeps the last `pre_s + max_event_s + post_s` seconds of model-rate audio; a
 clip is written once the audio `post_s` after the event's end has arrived (or at the end of
 the stream). Oldest clips are deleted beyond `max_files` or `max_mb`. Clips never hold back
-publishing: the detection message goes out first.
+publishing: the fan-out hands each detection to the delivery sink first, and a clip that
+cannot be written (full disk) is logged, not raised (`essential = False`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,22 @@ import re
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.wav import write_wav
-from edge_runtime.stream import Detection
+from edge_runtime.detect import Detection
 
 log = logging.getLogger(__name__)
 
 
 class ClipRecorder:
+    """A sink (detections to write) and an audio tap (the recent audio they are cut from)."""
+
+    essential = False
+
     def __init__(self, directory: str | Path, sample_rate: int, pre_s: float = 1.0,
                  post_s: float = 1.0, max_files: int = 500, max_mb: float = 200.0,
                  max_event_s: float = 30.0):
@@ -52,13 +58,18 @@ class ClipRecorder:
             self._pending.remove(d)
             self._write(d)
 
-    def add(self, detections: list[Detection]) -> None:
+    def handle(self, detections: list[Detection]) -> None:
         self._pending.extend(detections)
 
-    def flush(self) -> None:
+    def status(self, stats: dict[str, Any]) -> None:
+        pass
+
+    def close(self, timeout_s: float) -> int:
+        """Write the clips still waiting for their post-roll (the stream has ended)."""
         for d in self._pending:
             self._write(d)
         self._pending = []
+        return 0
 
     def _end(self, d: Detection) -> int:
         return round(d.stream_end_s * self.sr) + self.post

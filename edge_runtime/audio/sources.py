@@ -1,0 +1,283 @@
+"""Audio sources: microphone, WAV file, raw PCM on stdin.
+
+A source runs in the capture thread: `source.run(put, stop)` calls `put(block)` with float32
+(frames, channels) blocks at the source's own rate until the audio ends or `stop` is set.
+A live source (`live = True`) is never held back: when inference falls behind, the ring
+buffer drops and counts its blocks (see detect.RingBuffer). A source that is not live (a
+file, stdin that is a file or a pipe) waits instead, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import select
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from edge_runtime.audio.devices import import_pyaudio, input_devices, quiet_stderr, select_device
+from edge_runtime.contract import wav
+from edge_runtime.contract.errors import UserError
+
+log = logging.getLogger(__name__)
+
+Put = Callable[[np.ndarray], None]
+
+
+class Source:
+    """Base of the audio sources: rate, channels, whether it is live, and `run`."""
+
+    sample_rate: int
+    channels: int
+    live: bool  # live audio is dropped (and counted) when inference falls behind
+    clocked: bool = False  # paced by a sound card: event times follow the wall clock
+    description: str
+
+    def run(self, put: Put, stop: threading.Event) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------- WAV files
+class WavSource(Source):
+    """A WAV file read block by block (never whole: an hour of audio would not fit the RSS
+    budget), as fast as possible or paced to real time."""
+
+    def __init__(self, path: str | Path, block_s: float = 0.1, realtime: bool = False):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: audio file not found")
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(1 << 16)
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot read ({err.strerror})") from None
+        if head[:4] == b"fLaC" or self.path.suffix.lower() == ".flac":
+            raise UserError(f"{self.path}: FLAC is not supported on the device (no libsndfile "
+                            "in the edge install); convert it first, e.g. `sox in.flac out.wav`")
+        self.info, self._offset = wav._parse(self.path, head, self.path.stat().st_size)
+        if self.info.frames == 0:
+            raise UserError(f"{self.path}: WAV file has no audio samples")
+        if self.info.truncated:
+            log.warning("%s: WAV data chunk is truncated; reading the %d whole frames present",
+                        self.path, self.info.frames)
+        self.sample_rate, self.channels = self.info.sample_rate, self.info.channels
+        self.block = max(1, round(block_s * self.sample_rate))
+        self.realtime = realtime
+        self.live = realtime
+        self.description = (f"{self.path} ({self.info.duration_s:.1f} s, {self.sample_rate} Hz, "
+                            f"{self.channels} ch, {'float' if self.info.is_float else 'PCM'} "
+                            f"{self.info.bits_per_sample}-bit"
+                            f"{', real-time' if realtime else ''})")
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        info = self.info
+        frame_bytes = info.channels * info.bits_per_sample // 8
+        remaining = info.frames
+        sent = 0
+        t0 = time.monotonic()
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            while remaining > 0 and not stop.is_set():
+                n = min(self.block, remaining)
+                raw = fh.read(n * frame_bytes)
+                if not raw:
+                    break
+                x = wav.decode_pcm(raw, info.bits_per_sample, info.is_float, info.channels)
+                remaining -= len(x)
+                if self.realtime:
+                    # a microphone hands over a block once it has been recorded
+                    delay = t0 + (sent + len(x)) / self.sample_rate - time.monotonic()
+                    if delay > 0 and stop.wait(delay):
+                        break
+                sent += len(x)
+                put(x)
+
+
+def recording_start(path: str | Path) -> datetime:
+    """AudioMoth-style file names (`20240131_235959.WAV`, UTC) -> the first sample's time."""
+    match = re.search(r"(\d{8})_(\d{6})", Path(path).stem)
+    if not match:
+        raise UserError(f"{path}: audio.start_time = \"filename\" needs a name like "
+                        "20240131_235959.WAV (AudioMoth, UTC)")
+    try:
+        return datetime.strptime("".join(match.groups()), "%Y%m%d%H%M%S").replace(
+            tzinfo=timezone.utc)
+    except ValueError:
+        raise UserError(f"{path}: {match.group(0)} is not a valid date and time") from None
+
+
+def parse_start_time(spec: str, input_path: str) -> float | None:
+    """audio.start_time -> Unix time of the first sample, or None for "when capture starts"."""
+    if spec == "now":
+        return None
+    if spec == "filename":
+        return recording_start(input_path).timestamp()
+    try:
+        when = datetime.fromisoformat(spec.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"audio.start_time {spec!r}: expected now, filename or an ISO 8601 time "
+                        "such as 2024-01-31T23:59:59Z") from None
+    if when.tzinfo is None:
+        raise UserError(f"audio.start_time {spec!r} has no time zone; add Z or +hh:mm")
+    return when.timestamp()
+
+
+# ------------------------------------------------------------------------- stdin
+_STDIN_DTYPES = {"s16le": ("<i2", 32768.0), "s32le": ("<i4", float(1 << 31)), "f32le": ("<f4", 1.0)}
+STDIN_PACES = ("auto", "block", "realtime")
+
+
+def stdin_pace_for(stream: BinaryIO) -> str:
+    """What `audio.stdin_pace = "auto"` means for this stream: "block" (wait for inference,
+    lose nothing) when it is a regular file or a pipe/FIFO, "realtime" (never hold the writer
+    back, drop and count what inference cannot take) when it is clearly live: a character
+    device (a terminal, a sound device node) or a socket.
+
+    A pipe cannot tell `cat rec.raw |` from `arecord |`; both block. A live writer then loses
+    audio on its side once the ring buffer and the pipe are full (arecord prints "overrun"),
+    so live pipes should say `--audio-stdin-pace realtime`: the drops are then counted here
+    and event times stay true across them. A stream without a file descriptor (an in-process
+    reader) keeps the old behaviour, realtime."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (AttributeError, OSError, ValueError):
+        return "realtime"
+    return "block" if stat.S_ISREG(mode) or stat.S_ISFIFO(mode) else "realtime"
+
+
+class StdinSource(Source):
+    """Raw interleaved PCM on stdin (e.g. `arecord -f S16_LE -r 48000 -c 2 | edge-runtime -i -`).
+    `pace`: "block", "realtime" or "auto" (decided from what stdin is: `stdin_pace_for`)."""
+
+    def __init__(self, fmt: str, rate: int, channels: int, block_s: float = 0.1,
+                 stream: BinaryIO | None = None, pace: str = "auto"):
+        if fmt not in _STDIN_DTYPES:
+            raise UserError(f"stdin.format {fmt!r} is not one of {', '.join(_STDIN_DTYPES)}")
+        if pace not in STDIN_PACES:
+            raise UserError(f"audio.stdin_pace {pace!r} is not one of {', '.join(STDIN_PACES)}")
+        self.dtype, self.scale = _STDIN_DTYPES[fmt]
+        self.stream = stream if stream is not None else sys.stdin.buffer
+        self.sample_rate, self.channels = rate, channels
+        self.frame_bytes = np.dtype(self.dtype).itemsize * channels
+        self.block_bytes = max(1, round(block_s * rate)) * self.frame_bytes
+        self.pace = stdin_pace_for(self.stream) if pace == "auto" else pace
+        self.live = self.pace == "realtime"
+        self.description = (f"stdin ({fmt}, {rate} Hz, {channels} ch, "
+                            f"{'realtime: drops when behind' if self.live else 'blocking'}"
+                            f"{' (auto)' if pace == 'auto' else ''})")
+        self.bytes_read = 0
+
+    def _reader(self, stop: threading.Event) -> Callable[[], bytes]:
+        """A read function that returns b"" at the end of input or once `stop` is set.
+        A real file descriptor is polled with select, so a stop request is honoured even when
+        no data comes (a thread blocked in a buffered read would hang interpreter shutdown)."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = None
+        if fd is None:
+            read = getattr(self.stream, "read1", self.stream.read)
+            return lambda: b"" if stop.is_set() else read(self.block_bytes)
+
+        def read_fd() -> bytes:
+            while not stop.is_set():
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if ready:
+                    return os.read(fd, self.block_bytes)
+            return b""
+
+        return read_fd
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        pending = b""
+        read = self._reader(stop)
+        while True:
+            chunk = read()
+            if not chunk:
+                break
+            self.bytes_read += len(chunk)
+            pending += chunk
+            whole = len(pending) - len(pending) % self.frame_bytes
+            if whole:
+                x = np.frombuffer(pending[:whole], self.dtype).astype(np.float32) / self.scale
+                pending = pending[whole:]
+                put(x.reshape(-1, self.channels))
+        if pending:
+            log.warning("stdin ended inside a sample frame: %d trailing bytes ignored "
+                        "(check stdin.format/stdin.channels)", len(pending))
+
+
+# ------------------------------------------------------------------------- microphone
+class MicSource(Source):
+    """A PortAudio input stream in callback mode: the callback (PortAudio's thread) only
+    copies the block into the ring buffer, and counts the input overflows PortAudio reports."""
+
+    def __init__(self, device: str, rate: int, channels: int, model_rate: int,
+                 block_s: float = 0.1):
+        self._pyaudio = import_pyaudio()
+        # ALSA/JACK print pages of probing noise while PortAudio starts and probes formats
+        with quiet_stderr():
+            self.pa = self._pyaudio.PyAudio()
+            try:
+                self._open_device(device, rate, channels, model_rate)
+            except BaseException:
+                self.pa.terminate()
+                raise
+        self.block = max(1, round(block_s * self.sample_rate))
+        self.live = True
+        self.clocked = True
+        self.overflows = 0  # reported by PortAudio: audio lost before it reached us
+        self.description = (f"microphone {self.device.index} ({self.device.name}), "
+                            f"{self.sample_rate} Hz, {self.channels} ch")
+
+    def _open_device(self, device: str, rate: int, channels: int, model_rate: int) -> None:
+        try:
+            default = self.pa.get_default_input_device_info()["index"]
+        except OSError:
+            default = None
+        self.device = select_device(input_devices(self.pa), device, default)
+        self.channels = min(channels, self.device.channels)
+        self.sample_rate = rate or (model_rate if self._supported(model_rate)
+                                    else self.device.default_rate)
+        if not self._supported(self.sample_rate):
+            raise UserError(f"input device {self.device.index} ({self.device.name}) does not "
+                            f"support {self.sample_rate} Hz x {self.channels} ch")
+
+    def _supported(self, rate: int) -> bool:
+        try:
+            return bool(self.pa.is_format_supported(
+                rate, input_device=self.device.index, input_channels=self.channels,
+                input_format=self._pyaudio.paFloat32))
+        except ValueError:
+            return False
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        pa_mod = self._pyaudio
+
+        def callback(data, frames, time_info, status):
+            if status & pa_mod.paInputOverflow:
+                self.overflows += 1
+            put(np.frombuffer(data, np.float32).reshape(-1, self.channels).copy())
+            return None, pa_mod.paContinue
+
+        stream = self.pa.open(format=pa_mod.paFloat32, channels=self.channels,
+                              rate=self.sample_rate, input=True,
+                              input_device_index=self.device.index,
+                              frames_per_buffer=self.block, stream_callback=callback)
+        try:
+            stream.start_stream()
+            while not stop.wait(0.2) and stream.is_active():
+                pass
+        finally:
+            stream.stop_stream()
+            stream.close()
+            self.pa.terminate()

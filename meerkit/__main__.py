@@ -1,0 +1,7 @@
+"""`python -m meerkit …` is `meerkit …`."""
+
+import sys
+
+from meerkit.cli import main
+
+sys.exit(main())
