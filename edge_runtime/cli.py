@@ -42,9 +42,9 @@ from edge_runtime.audio import (
     MicSource,
     Source,
     StdinSource,
-    WavSource,
     input_devices,
     list_devices,
+    open_file_source,
     parse_start_time,
     select_device,
 )
@@ -124,7 +124,7 @@ def make_source(cfg: RuntimeConfig, model_rate: int) -> Source:
     if a.input == "-":
         return StdinSource(cfg.stdin.format, cfg.stdin.rate, cfg.stdin.channels, a.block_s,
                            pace=a.stdin_pace)
-    return WavSource(a.input, a.block_s, a.realtime)
+    return open_file_source(a.input, a.block_s, a.realtime)
 
 
 def cpu_temperature() -> float | None:

@@ -37,9 +37,10 @@ from edge_runtime.contract.settings import (
     suggest,
 )
 from edge_runtime.mqtt_client import MqttConfig, read_password  # the [mqtt] section lives there
+from edge_runtime.schedule import POLAR_RULES, Schedule
 
 __all__ = ["RuntimeConfig", "add_config_flags", "describe", "flag_name", "flag_overrides",
-           "load_config", "read_password", "suggest", "validate"]
+           "load_config", "make_schedule", "read_password", "suggest", "validate"]
 
 STDIN_FORMATS = ("s16le", "s32le", "f32le")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -59,7 +60,8 @@ class DeviceConfig:
 
 @dataclass
 class AudioConfig:
-    input: str = setting("mic", help="\"mic\", a WAV file, or \"-\" for raw PCM on stdin "
+    input: str = setting("mic", help="\"mic\", an audio file (WAV; FLAC, OGG, ... with "
+                                     "soundfile), or \"-\" for raw PCM on stdin "
                                      "(see [stdin])")
     mic_device: str = setting("", help="input device index or name substring; \"\" = the "
                                        "system default")
@@ -141,6 +143,29 @@ class ClipsConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    # Parsed and checked by edge_runtime.schedule (window syntax, zone, astral for sun windows).
+    timezone: str = setting("", help="the site's IANA zone (Europe/Berlin, UTC): windows are "
+                                     "local wall-clock times; required with windows")
+    windows: list[str] = setting(help="when to record: \"21:00-05:00\", "
+                                      "\"sunrise-30m..sunrise+2h\" (sun windows use "
+                                      "device.lat/lon); [] = always", default_factory=list)
+    polar: str = setting("skip", help="a day without the sun event a window needs: skip that "
+                                      "window, or record all day", choices=POLAR_RULES)
+    replay: bool = setting(False, help="also schedule a file or stdin input (normally read "
+                                       "start to end): read only inside windows, on from where "
+                                       "the last window stopped")
+
+
+@dataclass
+class LabelsConfig:
+    # Checked against the model card's labels at start-up (edge_runtime.label_filter).
+    allow: list[str] = setting(help="report only these labels (comma list on the command "
+                                    "line); [] = every label", default_factory=list)
+    deny: list[str] = setting(help="never report these labels", default_factory=list)
+
+
+@dataclass
 class LogConfig:
     level: str = setting("info", help="log level", choices=LOG_LEVELS)
     health_file: str = setting("", help="JSON health for fleet tools (edge_runtime/watchdog.py); "
@@ -157,6 +182,8 @@ class RuntimeConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     clips: ClipsConfig = field(default_factory=ClipsConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     # where the file part came from (for messages); not a setting
     source: str = field(default="defaults", init=False)
@@ -237,8 +264,22 @@ def validate(cfg: RuntimeConfig) -> None:
         problems.append("mqtt.cert_file and mqtt.key_file go together")
     if (cfg.device.lat is None) != (cfg.device.lon is None):
         problems.append("device.lat and device.lon go together")
+    try:
+        make_schedule(cfg)
+    except UserError as err:
+        problems.append(str(err))
     if problems:
         raise UserError(f"{cfg.source}: " + "; ".join(problems))
+
+
+def make_schedule(cfg: RuntimeConfig) -> Schedule:
+    """The `[schedule]` section as a Schedule (sun windows at device.lat/lon); no windows =
+    always recording."""
+    s = cfg.schedule
+    section: dict[str, Any] = {"windows": s.windows, "polar": s.polar}
+    if s.timezone:
+        section["timezone"] = s.timezone
+    return Schedule.from_config(section, "schedule", lat=cfg.device.lat, lon=cfg.device.lon)
 
 
 def load_config(path: str | Path | None = None,
@@ -291,6 +332,8 @@ def describe(cfg: RuntimeConfig) -> str:
                 lines.append(f"{f.name} = {{{body}}}")
             elif isinstance(value, bool):
                 lines.append(f"{f.name} = {str(value).lower()}")
+            elif isinstance(value, list):
+                lines.append(f"{f.name} = {json.dumps(value)}")
             elif isinstance(value, str):
                 lines.append(f"{f.name} = {json.dumps(value)}")
             else:

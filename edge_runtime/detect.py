@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,8 +46,10 @@ log = logging.getLogger(__name__)
 class RingBuffer:
     """Bounded FIFO of (start index, samples) blocks between two threads."""
 
-    def __init__(self, capacity_frames: int, wait_when_full: bool):
+    def __init__(self, capacity_frames: int, wait_when_full: bool,
+                 clock: Callable[[], float] = time.time):
         self.capacity = max(1, capacity_frames)
+        self.clock = clock  # wall clock stamped on each block at capture (injected in tests)
         self.wait_when_full = wait_when_full
         self._blocks: deque[tuple[int, np.ndarray, float]] = deque()
         self._fill = 0
@@ -76,7 +78,7 @@ class RingBuffer:
                     self._cond.wait()
                 if self._closed:
                     return
-            self._blocks.append((start, block, time.time()))  # wall clock at capture
+            self._blocks.append((start, block, self.clock()))  # wall clock at capture
             self._fill += n
             self.high_water = max(self.high_water, self._fill)
             self._cond.notify_all()
@@ -244,13 +246,14 @@ class Pipeline:
 
     def __init__(self, source: Source, conformer: Conformer, detector: Detector, output: Output,
                  buffer_s: float = 30.0, max_clock_drift_s: float = 0.2, drift_blocks: int = 50,
-                 progress: Progress | None = None):
+                 progress: Progress | None = None, clock: Callable[[], float] = time.time):
         self.source, self.conformer, self.detector = source, conformer, detector
         self.progress = progress
         self.max_clock_drift_s, self.drift_blocks = max_clock_drift_s, drift_blocks
         self.reanchors = 0
         self.output = output
-        self.ring = RingBuffer(round(buffer_s * source.sample_rate), wait_when_full=not source.live)
+        self.ring = RingBuffer(round(buffer_s * source.sample_rate), wait_when_full=not source.live,
+                               clock=clock)
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.busy_s = 0.0  # inference-thread time spent processing (not waiting)

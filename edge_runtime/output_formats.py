@@ -19,7 +19,8 @@ not; `File Offset (s)` is the time within the file, `Begin Path` its path and `B
 name. BirdNET-Analyzer's combined table (birdnet_analyzer/analyze/core.py, `save_as_raven`
 combined) uses the same rule and columns (Selection, View, Channel, Begin/End Time (s),
 Low/High Freq (Hz), a label column, Confidence, Begin Path, File Offset (s)); we add Begin File,
-and the UTC start and its source as annotation columns, which Raven shows as they are.
+and the UTC start, its source and the clip as annotation columns, which Raven shows as they
+are. csv and parquet carry the same `clip` (empty without `--clips`).
 
 Kaleidoscope: BirdNET-Analyzer's `INDIR,FOLDER,IN FILE,OFFSET,DURATION,TOP1MATCH,TOP1DIST`
 (Wildlife Acoustics' id.csv names: INDIR the card root, FOLDER the sub-folder, IN FILE the
@@ -50,10 +51,10 @@ KALEIDOSCOPE_CSV = "kaleidoscope.csv"
 EVENTS_CSV = "events.csv"
 EVENTS_PARQUET = "events.parquet"
 CSV_COLUMNS = ("file", "label", "start_s", "end_s", "confidence_max", "confidence_mean",
-               "start_utc", "time_source")
+               "start_utc", "time_source", "clip")
 COMBINED_COLUMNS = ("Selection", "View", "Channel", "Begin Time (s)", "End Time (s)",
                     "Low Freq (Hz)", "High Freq (Hz)", "Species", "Confidence", "Begin Path",
-                    "File Offset (s)", "Begin File", "Start UTC", "Time Source")
+                    "File Offset (s)", "Begin File", "Start UTC", "Time Source", "Clip")
 KALEIDOSCOPE_COLUMNS = ("INDIR", "FOLDER", "IN FILE", "OFFSET", "DURATION", "TOP1MATCH",
                         "TOP1DIST", "START UTC", "TIME SOURCE")
 
@@ -71,6 +72,7 @@ class EventRow:
     confidence_mean: float
     start_utc: str = ""  # ISO 8601 UTC of start_s; "" when the recording time is unknown
     time_source: str = "unknown"  # RecordingStart.source
+    clip: str = ""  # `meerkit analyze --clips`: the clip's path relative to the clips folder
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,11 @@ def _by_file(rows: Sequence[EventRow],
     return grouped
 
 
+def per_file_outputs(out: str | Path, rel: str) -> list[Path]:
+    """The files the per-file rtypes (raven, audacity) write for the audio file `rel`."""
+    return [_beside(Path(out), rel, TABLE_SUFFIX), _beside(Path(out), rel, LABELS_SUFFIX)]
+
+
 def _beside(out: Path, rel: str, suffix: str) -> Path:
     """`out/<rel dir>/<stem><suffix>`: outputs mirror the card's folders, so equal names in
     different folders (SD1/..., SD2/...) do not collide."""
@@ -176,7 +183,7 @@ def combined_raven_table(rows: Sequence[EventRow], files: Sequence[AnalysedFile]
                 format_number(offset + r.end_s), "0", format_number(f.sample_rate / 2),
                 _cell(r.label), format_number(r.confidence_max), os.path.abspath(f.file),
                 format_number(r.start_s), PurePosixPath(f.rel).name, r.start_utc,
-                r.time_source]))
+                r.time_source, r.clip]))
         offset += f.duration_s
     return "\n".join(lines) + "\n"
 
@@ -227,7 +234,7 @@ def _card_root(file: str, rel: PurePosixPath) -> str:
 def write_csv(out: Path, rows: Sequence[EventRow], files: Sequence[AnalysedFile]) -> list[Path]:
     lines = [[r.rel, r.label, format_number(r.start_s), format_number(r.end_s),
               format_number(r.confidence_max), format_number(r.confidence_mean), r.start_utc,
-              r.time_source] for r in _sorted(rows)]
+              r.time_source, r.clip] for r in _sorted(rows)]
     return [_write_atomic(out / EVENTS_CSV, _csv_text(CSV_COLUMNS, lines))]
 
 
@@ -246,6 +253,7 @@ def write_parquet(out: Path, rows: Sequence[EventRow],
            for k in ("start_s", "end_s", "confidence_max", "confidence_mean")},
         "start_utc": pa.array([r.start_utc or None for r in rows], pa.string()),
         "time_source": pa.array([r.time_source for r in rows], pa.string()),
+        "clip": pa.array([r.clip or None for r in rows], pa.string()),
     })
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{EVENTS_PARQUET}.{os.getpid()}.tmp"

@@ -393,3 +393,49 @@ def test_new_database_and_its_wal_are_private(tmp_path):
             assert path.stat().st_mode & 0o777 == 0o600, path
     finally:
         store.close()
+
+
+def test_only_a_failing_store_stops_acknowledgement(broker, tmp_path):
+    """A row the database refuses (here an administrator's CHECK constraint) is a rejection;
+    a database locked past its timeout is an outage: stop, do not acknowledge, and the broker
+    redelivers to the persistent session once the store works again."""
+    db = tmp_path / "d.sqlite"
+    with sqlite3.connect(db) as con:  # the administrator's own table, stricter than ours
+        con.execute(f"""CREATE TABLE detections ({', '.join(
+            f'{c} TEXT' for c in Row.__dataclass_fields__)},
+            PRIMARY KEY (event_id), CHECK (label <> 'forbidden'))""")
+    cfg = config(broker, db)
+    cfg.mqtt.client_id = "persistent-subscriber"
+    store = SQLiteStore(db, busy_timeout_s=0.2)
+    sub = Subscriber(cfg, store)
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(sub.run())
+        except UserError as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert sub.subscribed.wait(10)
+    publish(broker, [(topic(), detection(1, label="forbidden")), (topic(), detection(2))])
+    deadline = time.monotonic() + 10
+    while sub.counts.received < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sub.counts.reasons == {"store_refused": 1} and sub.counts.stored == 1
+    assert thread.is_alive()
+
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # another writer holds the database
+    publish(broker, [(topic(), detection(3))])
+    thread.join(10)
+    assert not thread.is_alive() and "database failed (SQLite: database is locked)" in str(outcome)
+    store.close()
+    locker.execute("ROLLBACK")
+    locker.close()
+
+    again = Running(cfg)  # same client id: the broker kept the unacknowledged message
+    assert again.wait_for(lambda: again.sub.counts.stored == 1), again.sub.counts.line()
+    assert again.stop() == 0
+    assert detection(3)["event_id"] in rows(db)

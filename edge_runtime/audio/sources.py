@@ -1,4 +1,4 @@
-"""Audio sources: microphone, WAV file, raw PCM on stdin.
+"""Audio sources: microphone, audio file (WAV; FLAC and more with soundfile), raw PCM on stdin.
 
 A source runs in the capture thread: `source.run(put, stop)` calls `put(block)` with float32
 (frames, channels) blocks at the source's own rate until the audio ends or `stop` is set.
@@ -18,14 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from edge_runtime.audio.devices import import_pyaudio, input_devices, quiet_stderr, select_device
-from edge_runtime.contract import wav
+from edge_runtime.contract import recorder, wav
 from edge_runtime.contract.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,32 +41,75 @@ class Source:
     live: bool  # live audio is dropped (and counted) when inference falls behind
     clocked: bool = False  # paced by a sound card: event times follow the wall clock
     description: str
+    warning: str = ""  # something the user should know about the input (a truncated file)
 
     def run(self, put: Put, stop: threading.Event) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
 
-# ------------------------------------------------------------------------- WAV files
+# ------------------------------------------------------------------------- files
+# soundfile (libsndfile) is not in the `edge` extra: a recorder reads its own WAVs without it.
+SOUNDFILE_HINT = "pip install soundfile, or pip install 'meerkit[analyze]'"
+
+
+def open_file_source(path: str | Path, block_s: float = 0.1, realtime: bool = False) -> Source:
+    """An audio file as a source: WAV by our own reader (no libsndfile needed), anything else
+    (FLAC, OGG, AIFF, ...) by soundfile when it is installed; without it, FLAC is refused with
+    the package to install."""
+    path = Path(path)
+    head = _head(path)
+    if head[:4] in (b"RIFF", b"RF64", b""):  # WAV, or nothing at all: WavSource says what
+        return WavSource(path, block_s, realtime)
+    try:
+        import soundfile
+    except ImportError:
+        if head[:4] == b"fLaC" or path.suffix.lower() == ".flac":
+            raise UserError(f"{path}: reading FLAC needs the soundfile package ({SOUNDFILE_HINT}),"
+                            " or convert it to WAV (`sox in.flac out.wav`)") from None
+        return WavSource(path, block_s, realtime)  # says what it is not
+    return SoundFileSource(path, soundfile, block_s, realtime)
+
+
+def _head(path: Path) -> bytes:
+    if not path.is_file():
+        raise UserError(f"{path}: audio file not found")
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(1 << 16)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+
+
+class _Pace:
+    """Hands blocks over no faster than real time when asked to, as a microphone would."""
+
+    def __init__(self, sample_rate: int, realtime: bool):
+        self.rate, self.realtime = sample_rate, realtime
+        self.sent, self.t0 = 0, time.monotonic()
+
+    def wait(self, frames: int, stop: threading.Event) -> bool:
+        """Wait until `frames` more may go; False when `stop` was set meanwhile."""
+        if self.realtime:
+            delay = self.t0 + (self.sent + frames) / self.rate - time.monotonic()
+            if delay > 0 and stop.wait(delay):
+                return False
+        self.sent += frames
+        return True
+
+
 class WavSource(Source):
     """A WAV file read block by block (never whole: an hour of audio would not fit the RSS
     budget), as fast as possible or paced to real time."""
 
     def __init__(self, path: str | Path, block_s: float = 0.1, realtime: bool = False):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: audio file not found")
-        try:
-            with open(self.path, "rb") as fh:
-                head = fh.read(1 << 16)
-        except OSError as err:
-            raise UserError(f"{self.path}: cannot read ({err.strerror})") from None
-        if head[:4] == b"fLaC" or self.path.suffix.lower() == ".flac":
-            raise UserError(f"{self.path}: FLAC is not supported on the device (no libsndfile "
-                            "in the edge install); convert it first, e.g. `sox in.flac out.wav`")
+        head = _head(self.path)
         self.info, self._offset = wav._parse(self.path, head, self.path.stat().st_size)
         if self.info.frames == 0:
             raise UserError(f"{self.path}: WAV file has no audio samples")
         if self.info.truncated:
+            self.warning = (f"{self.path}: WAV data chunk is truncated; analysed the "
+                            f"{self.info.duration_s:.1f} s present")
             log.warning("%s: WAV data chunk is truncated; reading the %d whole frames present",
                         self.path, self.info.frames)
         self.sample_rate, self.channels = self.info.sample_rate, self.info.channels
@@ -82,37 +125,65 @@ class WavSource(Source):
         info = self.info
         frame_bytes = info.channels * info.bits_per_sample // 8
         remaining = info.frames
-        sent = 0
-        t0 = time.monotonic()
+        pace = _Pace(self.sample_rate, self.realtime)
         with open(self.path, "rb") as fh:
             fh.seek(self._offset)
             while remaining > 0 and not stop.is_set():
-                n = min(self.block, remaining)
-                raw = fh.read(n * frame_bytes)
+                raw = fh.read(min(self.block, remaining) * frame_bytes)
                 if not raw:
                     break
                 x = wav.decode_pcm(raw, info.bits_per_sample, info.is_float, info.channels)
                 remaining -= len(x)
-                if self.realtime:
-                    # a microphone hands over a block once it has been recorded
-                    delay = t0 + (sent + len(x)) / self.sample_rate - time.monotonic()
-                    if delay > 0 and stop.wait(delay):
-                        break
-                sent += len(x)
+                if not pace.wait(len(x), stop):
+                    break
                 put(x)
 
 
-def recording_start(path: str | Path) -> datetime:
-    """AudioMoth-style file names (`20240131_235959.WAV`, UTC) -> the first sample's time."""
-    match = re.search(r"(\d{8})_(\d{6})", Path(path).stem)
-    if not match:
-        raise UserError(f"{path}: audio.start_time = \"filename\" needs a name like "
-                        "20240131_235959.WAV (AudioMoth, UTC)")
-    try:
-        return datetime.strptime("".join(match.groups()), "%Y%m%d%H%M%S").replace(
-            tzinfo=timezone.utc)
-    except ValueError:
-        raise UserError(f"{path}: {match.group(0)} is not a valid date and time") from None
+class SoundFileSource(Source):
+    """Any file libsndfile decodes (FLAC, OGG, AIFF, ...), block by block, via soundfile."""
+
+    def __init__(self, path: str | Path, soundfile: Any, block_s: float = 0.1,
+                 realtime: bool = False):
+        self.path, self.sf = Path(path), soundfile
+        try:
+            info = soundfile.info(str(self.path))
+        except Exception as err:  # libsndfile's errors have no common public base class
+            what = "cannot decode FLAC" if self.path.suffix.lower() == ".flac" else \
+                "not a WAV file, nor audio that soundfile reads"
+            raise UserError(f"{self.path}: {what} ({_one_line(err)})") from None
+        if info.frames == 0:
+            raise UserError(f"{self.path}: audio file has no audio samples")
+        self.sample_rate, self.channels = int(info.samplerate), int(info.channels)
+        self.subtype, self.frames = str(info.subtype), int(info.frames)
+        self.block = max(1, round(block_s * self.sample_rate))
+        self.realtime = self.live = realtime
+        self.description = (f"{self.path} ({self.frames / self.sample_rate:.1f} s, "
+                            f"{self.sample_rate} Hz, {self.channels} ch, {info.format} "
+                            f"{self.subtype}{', real-time' if realtime else ''})")
+
+    def run(self, put: Put, stop: threading.Event) -> None:
+        pace = _Pace(self.sample_rate, self.realtime)
+        with self.sf.SoundFile(str(self.path)) as fh:
+            for block in fh.blocks(blocksize=self.block, dtype="float32", always_2d=True):
+                if stop.is_set() or not pace.wait(len(block), stop):
+                    break
+                put(block)
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def recording_start(path: str | Path, local_tz: str | None = None) -> datetime:
+    """`audio.start_time = "filename"`: the first sample's UTC time from the recorder's header
+    (AudioMoth comment, GUANO), else its name (`20240131_235959.WAV`, UTC unless `local_tz`),
+    by `contract.recorder.recording_start`, the rules `meerkit analyze` uses too."""
+    start = recorder.recording_start(path, local_tz=local_tz)
+    if start.utc is None:
+        raise UserError(f"{path}: audio.start_time = \"filename\" needs a recorder header "
+                        f"(AudioMoth comment, GUANO) or a name like 20240131_235959.WAV "
+                        f"({start.note})")
+    return start.utc
 
 
 def parse_start_time(spec: str, input_path: str) -> float | None:
@@ -121,14 +192,10 @@ def parse_start_time(spec: str, input_path: str) -> float | None:
         return None
     if spec == "filename":
         return recording_start(input_path).timestamp()
-    try:
-        when = datetime.fromisoformat(spec.replace("Z", "+00:00"))
-    except ValueError:
+    if not re.match(r"\s*\d{4}-", spec):  # not even the start of a date: say what is allowed
         raise UserError(f"audio.start_time {spec!r}: expected now, filename or an ISO 8601 time "
-                        "such as 2024-01-31T23:59:59Z") from None
-    if when.tzinfo is None:
-        raise UserError(f"audio.start_time {spec!r} has no time zone; add Z or +hh:mm")
-    return when.timestamp()
+                        "such as 2024-01-31T23:59:59Z")
+    return recorder.parse_explicit_start(spec, "audio.start_time").timestamp()
 
 
 # ------------------------------------------------------------------------- stdin

@@ -32,7 +32,7 @@ def _outage_is_unavailable() -> Iterator[None]:
 
 
 class SQLiteStore:
-    def __init__(self, path: str | Path, table: str = "detections"):
+    def __init__(self, path: str | Path, table: str = "detections", busy_timeout_s: float = 30.0):
         self.path, self.table = Path(path), table_name(table)
         self.dead_table = f"{self.table}_dead_letters"
         if self.path.parent and not self.path.parent.is_dir():
@@ -40,7 +40,7 @@ class SQLiteStore:
         try:
             private_file(self.path)
             # The paho network thread writes; nothing else touches the connection meanwhile.
-            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0,
+            self.db = sqlite3.connect(self.path, check_same_thread=False, timeout=busy_timeout_s,
                                       isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
