@@ -1,47 +1,49 @@
-"""`meerkit analyze`: batch detection over recorder SD cards (folders of WAV, FLAC with
-soundfile), resumable, parallel over files. numpy + the TFLite interpreter only, so it also runs
-on the recorder itself.
+"""`meerkit analyze`: batch detection over recorder SD cards (folders of WAV; FLAC and the other
+formats soundfile reads when it is installed), resumable, parallel over files. numpy + the TFLite
+interpreter only, so it also runs on the recorder itself.
 
 Each file is read in blocks (an hour at 384 kHz never sits in memory), mixed to mono and
 resampled to the model's rate (`audio.Conformer`, as in the field runtime) and run through the
 field runtime's `detect.Detector` with the card's per-label decoder settings
-(`detect.decoder_settings`: `threshold` etc. override them); labels the card marks
+(`detect.decoder_settings`: `threshold` etc. override them) and the card's window hop (or
+`hop_s`, or `overlap_s` = window - hop, BirdNET-Analyzer's name); labels the card marks
 undetectable are not reported unless `emit_undetectable`. The Detector equals whole-file
 `windows.track` + `events.decode_events` by test, so results match `meerkit` evaluation and
-`edge-runtime` replaying the same file. The output files are `batch_outputs`'.
+`edge-runtime` replaying the same file.
 
-Outputs in `out`:
-  <rel dir>/<stem>.Table.1.selections.txt   one Raven table per audio file (header only when
-                       nothing was detected); `rel` is the file's path relative to the deepest
-                       folder holding every input, so cards with identical file names
-                       (`SD1/20250601_053000.WAV`, `SD2/...`) do not collide
-  events.csv           file,label,start_s,end_s,confidence_max,confidence_mean,start_utc of
-                       every input file of this run (start_utc: AudioMoth-style names
-                       `20250601_053000.WAV` are UTC start times; empty otherwise)
-  events.parquet       the same table, when pyarrow is installed
+Times: every event's UTC time comes from `contract.recorder.recording_start` (the recorder's
+header, an AudioMoth comment or GUANO, then the file name, then `audio_start_time`; `timezone`
+reads names and offset-less headers in local time), the same rules `edge-runtime`'s
+`audio.start_time = "filename"` uses. The outputs say which source each time came from; a file
+whose time cannot be known gets an empty UTC column and a warning, never a guess.
+
+Outputs in `out`: the `rtypes` of `output_formats` (default: per-file Raven tables, events.csv,
+events.parquet with pyarrow), built from the manifest after every run; `clips` cuts one clip per
+detection (`batch_clips`), named in the `clip` column; and
   manifest.jsonl       one JSON line per analysed file (path, size, mtime, settings incl. the
-                       artifact's sha256, status, error/warning, events); the last line wins
+                       artifact's sha256, hop, time and clip settings, status, error/warning,
+                       start time and its source, events, clips); the last line wins
 
 Resume: a file is skipped when its latest manifest entry is "ok" for the same size, mtime,
-output name and settings; new, touched and failed files (and everything after a model or
-threshold change) are analysed. `force` analyses everything. A failed file (corrupt, empty,
-not audio) is reported and the run goes on; a truncated WAV is analysed up to its last whole
-sample and reported as a warning. The CLI exits 0 when every file was analysed, 1 when some
-failed.
+output name and settings (and its clips are still there); new, touched and failed files (and
+everything after a model, threshold, hop, time or clip change) are analysed. Another `rtypes`
+needs no analysis: the tables are rewritten from the manifest. `force` analyses everything. A
+failed file (corrupt, empty, not audio) is reported and the run goes on; a truncated WAV is
+analysed up to its last whole sample and reported as a warning. The CLI exits 0 when every file
+was analysed, 1 when some failed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -51,26 +53,22 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.audio import Conformer, Put, WavSource, recording_start
-from edge_runtime.batch_outputs import (
-    Progress,
-    event_rows,
-    table_path,
-    write_atomic,
-    write_events,
-    write_table,
-)
+from edge_runtime.audio import Conformer, open_file_source
+from edge_runtime.batch_clips import ClipSettings, write_clips
+from edge_runtime.batch_outputs import Progress, write_atomic, write_results
+from edge_runtime.contract import recorder
+from edge_runtime.contract.card import ModelCard
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.events import DecoderConfig, Event
 from edge_runtime.contract.model import TFLiteModel, model_geometry
 from edge_runtime.contract.raven import table_name
 from edge_runtime.detect import Detection, Detector, decoder_settings
+from edge_runtime.output_formats import default_rtypes, parse_rtypes
 
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 MANIFEST = "manifest.jsonl"
-Reader = Callable[[Put], None]  # calls put(block) for every block of a file
 
 
 @dataclass
@@ -85,7 +83,13 @@ class AnalyzeConfig:
     merge_gap_s: float | None = None  # None: the card's per label (0 on older cards)
     emit_undetectable: bool = False  # also report labels the card marks undetectable
     channel: str = "mix"  # "mix" or a 0-based channel index
-    recursive: bool = False
+    hop_s: float | None = None  # window hop; None: the card's (or window - overlap_s)
+    overlap_s: float | None = None  # window overlap, BirdNET-Analyzer's name for it
+    audio_start_time: str | None = None  # ISO 8601 start of files without header or name time
+    timezone: str | None = None  # IANA zone of names/headers in local time without an offset
+    rtypes: list[str] | None = None  # output_formats.RTYPES; None: default_rtypes()
+    clips: ClipSettings | None = None  # one clip per detection
+    recursive: bool = True  # search subfolders (AudioMoth writes daily folders)
     force: bool = False  # analyse files the manifest says are done
     progress: bool = True
     block_s: float = 10.0  # read block; bounds memory for long files
@@ -107,7 +111,9 @@ class FileResult:
     error: str = ""
     warning: str = ""
     audio_s: float = 0.0
-    start_unix: float | None = None  # first sample, from an AudioMoth-style name
+    sample_rate: int = 0
+    start: recorder.RecordingStart | None = None  # the first sample's time and its source
+    clips: list[str] = field(default_factory=list)  # per event, relative to the clips folder
     wall_s: float = 0.0
 
 
@@ -119,7 +125,8 @@ class Summary:
     skipped: int = 0  # done in an earlier run
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, error)
     warnings: list[tuple[str, str]] = field(default_factory=list)
-    events: int = 0  # in events.csv (all files of this run, skipped ones included)
+    events: int = 0  # in the outputs (all files of this run, skipped ones included)
+    rtypes: list[str] = field(default_factory=list)  # the outputs written
     audio_s: float = 0.0  # analysed now
     wall_s: float = 0.0
 
@@ -138,7 +145,7 @@ def _is_audio(path: Path) -> bool:
     return path.suffix.lower() in AUDIO_SUFFIXES and not path.name.startswith(".")
 
 
-def find_audio(paths: Sequence[str | Path], recursive: bool = False) -> list[Job]:
+def find_audio(paths: Sequence[str | Path], recursive: bool = True) -> list[Job]:
     """Audio files under `paths` (files or folders), in a stable order, each once."""
     found: dict[Path, None] = {}
     for p in map(Path, paths):
@@ -146,7 +153,7 @@ def find_audio(paths: Sequence[str | Path], recursive: bool = False) -> list[Job
             walk = p.rglob("*") if recursive else p.iterdir()
             files = sorted(f for f in walk if f.is_file() and _is_audio(f))
             if not files:
-                hint = "" if recursive else " (add --recursive to search subfolders)"
+                hint = "" if recursive else " (subfolders not searched: --no-recursive)"
                 log.warning("%s: no .wav/.flac files%s", p, hint)
             found.update((f.resolve(), None) for f in files)
         elif p.is_file():
@@ -167,14 +174,26 @@ def find_audio(paths: Sequence[str | Path], recursive: bool = False) -> list[Job
 
 
 # ------------------------------------------------------------------------- one file
+@dataclass(frozen=True)
+class FileSettings:
+    """What every worker needs besides the model (picklable: sent to spawned processes)."""
+
+    decoder: DecoderConfig
+    channel: str
+    block_s: float
+    hop_s: float  # 0 = the card's
+    start_time: datetime | None  # explicit start of files with no header or name time
+    timezone: str | None
+    clips: ClipSettings | None
+
+
 class _Analyser:
     """Per-process state: the interpreter and the settings (one per worker)."""
 
-    def __init__(self, model_path: str, decoder: DecoderConfig, channel: str, out: str,
-                 block_s: float, model: TFLiteModel | None = None):
+    def __init__(self, model_path: str, settings: FileSettings, model: TFLiteModel | None = None):
         self.model = model or TFLiteModel(model_path, threads=1)
-        self.geometry = model_geometry(self.model.card)
-        self.decoder, self.channel, self.out, self.block_s = decoder, channel, Path(out), block_s
+        self.geometry = model_geometry(self.model.card, settings.hop_s)
+        self.settings = settings
 
     def run(self, job: Job) -> FileResult:
         t0 = time.perf_counter()
@@ -185,19 +204,17 @@ class _Analyser:
         except Exception as err:  # a corrupt file must not stop a night's batch
             log.debug("%s failed", job.path, exc_info=True)
             result = FileResult(job, "failed", error=f"{job.path}: {type(err).__name__}: {err}")
-        if result.status != "ok":  # a table from an earlier, successful run is now stale
-            table_path(self.out, job.rel).unlink(missing_ok=True)
         result.wall_s = time.perf_counter() - t0
         return result
 
     def _analyse(self, job: Job) -> FileResult:
-        card = self.model.card
-        rate, channels, reader, warning = open_audio(Path(job.path), self.block_s)
-        if self.channel != "mix" and int(self.channel) >= channels:
-            raise UserError(f"{job.path}: --audio-channel {self.channel}: the file has "
-                            f"{channels} channel(s) (0-based index)")
-        conformer = Conformer(rate, channels, card.sample_rate, self.channel)
-        detector = Detector(self.model.window_fn, card, self.geometry, self.decoder)
+        card, cfg = self.model.card, self.settings
+        source = open_file_source(job.path, cfg.block_s)  # names what it is not
+        if cfg.channel != "mix" and int(cfg.channel) >= source.channels:
+            raise UserError(f"{job.path}: --audio-channel {cfg.channel}: the file has "
+                            f"{source.channels} channel(s) (0-based index)")
+        conformer = Conformer(source.sample_rate, source.channels, card.sample_rate, cfg.channel)
+        detector = Detector(self.model.window_fn, card, self.geometry, cfg.decoder)
         detections: list[Detection] = []
         n = 0
 
@@ -206,56 +223,20 @@ class _Analyser:
             n += len(block)
             detections.extend(detector.push(conformer.process(block)))
 
-        reader(put)
+        source.run(put, threading.Event())
         if n == 0:
             raise UserError(f"{job.path}: no audio samples")
         detections.extend(detector.push(conformer.flush()) + detector.flush())
         events = sorted((d.event(job.rel) for d in detections), key=lambda e: (e.start_s, e.label))
-        write_table(self.out, job.rel, events, rate)
-        try:
-            start = recording_start(job.path).timestamp()
-        except UserError:
-            start = None
-        return FileResult(job, "ok", events, warning=warning, audio_s=n / rate,
-                          start_unix=start)
-
-
-def open_audio(path: Path, block_s: float) -> tuple[int, int, Reader, str]:
-    """(sample rate, channels, reader, warning) for a WAV or FLAC file; `reader(put)` calls
-    `put` with float32 (frames, channels) blocks, one at a time (as the field runtime's
-    sources do), so only one block is ever in memory."""
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    if magic == b"fLaC" or path.suffix.lower() == ".flac":
-        return _open_flac(path, block_s)
-    source = WavSource(path, block_s=block_s)  # refuses non-WAV and empty files, naming them
-    warning = (f"{path}: WAV data chunk is truncated; analysed the {source.info.duration_s:.1f} s "
-               "present") if source.info.truncated else ""
-    return (source.sample_rate, source.channels,
-            lambda put: source.run(put, threading.Event()), warning)
-
-
-def _open_flac(path: Path, block_s: float) -> tuple[int, int, Reader, str]:
-    try:
-        sf = importlib.import_module("soundfile")
-    except ImportError:
-        raise UserError(f"{path}: reading FLAC needs the soundfile package (`pip install "
-                        "soundfile`), or convert it to WAV (`sox in.flac out.wav`)") from None
-    try:
-        info = sf.info(str(path))
-    except Exception as err:  # libsndfile's errors have no common public base class
-        raise UserError(f"{path}: cannot decode FLAC ({err})") from None
-
-    def reader(put: Put) -> None:
-        size = max(1, round(block_s * info.samplerate))
-        with sf.SoundFile(str(path)) as fh:
-            for block in fh.blocks(blocksize=size, dtype="float32", always_2d=True):
-                put(block)
-
-    return int(info.samplerate), int(info.channels), reader, ""
+        clips = write_clips(source, job.rel, events, cfg.clips) if cfg.clips else []
+        start = recorder.recording_start(job.path, cfg.start_time, cfg.timezone)
+        warnings = [source.warning] if source.warning else []
+        if start.utc is None:
+            warnings.append(f"{job.path}: recording time unknown ({start.note}); start_utc "
+                            "left empty")
+        return FileResult(job, "ok", events, warning="; ".join(warnings),
+                          audio_s=n / source.sample_rate, sample_rate=source.sample_rate,
+                          start=start, clips=clips)
 
 
 # ------------------------------------------------------------------------- workers
@@ -301,24 +282,34 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def _entry(result: FileResult, settings: dict[str, Any]) -> dict[str, Any]:
-    job = result.job
+    job, start = result.job, result.start or recorder.RecordingStart(None, "unknown")
     return {
         "path": job.path, "file": job.rel, "size": job.size, "mtime_ns": job.mtime_ns,
         "status": result.status, "error": result.error, "warning": result.warning,
         "settings": settings, "n_events": len(result.events),
-        "audio_s": round(result.audio_s, 3), "wall_s": round(result.wall_s, 3),
-        "start_unix": result.start_unix,
+        # not rounded: the combined Raven table adds up the durations of the files
+        "audio_s": result.audio_s, "sample_rate": result.sample_rate,
+        "wall_s": round(result.wall_s, 3),
+        "start_unix": start.unix, "time_source": start.source, "time_note": start.note,
+        "device_id": start.device_id,
+        "tz_offset_s": start.tz_offset.total_seconds() if start.tz_offset is not None else None,
         "analysed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # compact: label, start_s, end_s, confidence max, mean
         "events": [[e.label, e.start_s, e.end_s, float(e.confidence_max),
                     float(e.confidence_mean)] for e in result.events],
+        "clips": result.clips,  # per event, relative to settings["clips"]["dir"]
     }
 
 
-def _is_done(entry: dict[str, Any] | None, job: Job, settings: dict[str, Any], out: Path) -> bool:
+def _is_done(entry: dict[str, Any] | None, job: Job, settings: dict[str, Any]) -> bool:
     return bool(entry) and entry.get("status") == "ok" and entry.get("size") == job.size \
         and entry.get("mtime_ns") == job.mtime_ns and entry.get("file") == job.rel \
-        and entry.get("settings") == settings and table_path(out, job.rel).is_file()
+        and entry.get("settings") == settings and all(p.is_file() for p in _clip_paths(entry))
+
+
+def _clip_paths(entry: dict[str, Any]) -> list[Path]:
+    clips = (entry.get("settings") or {}).get("clips")
+    return [Path(clips["dir"]) / name for name in entry.get("clips") or []] if clips else []
 
 
 @contextlib.contextmanager
@@ -350,9 +341,16 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
                             "be in [0, 1]")
     if cfg.channel != "mix" and not cfg.channel.isdigit():
         raise UserError(f"--audio-channel {cfg.channel!r}: 'mix' or a 0-based channel index")
+    rtypes = parse_rtypes(cfg.rtypes) if cfg.rtypes else default_rtypes()
+    start_time = (recorder.parse_explicit_start(cfg.audio_start_time)
+                  if cfg.audio_start_time else None)
+    recorder.zone(cfg.timezone, "--timezone")
+    if cfg.clips:
+        cfg.clips.check()
     jobs = find_audio(inputs, cfg.recursive)
     model = TFLiteModel(cfg.model, threads=1)  # refuses a card-less artifact before any work
     card = model.card
+    hop_s = window_hop(card, cfg.hop_s, cfg.overlap_s)
     decoder = decoder_settings(card, threshold=cfg.threshold, thresholds=cfg.thresholds,
                                hysteresis=cfg.hysteresis, min_duration_s=cfg.min_duration_s,
                                merge_gap_s=cfg.merge_gap_s,
@@ -365,25 +363,32 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
     settings = {"model_sha256": file_sha256(cfg.model), "labels": list(card.labels),
                 "thresholds": list(decoder.threshold), "hysteresis": decoder.hysteresis,
                 "min_duration_s": decoder.min_duration_s, "merge_gap_s": decoder.merge_gap_s,
-                "not_reported": [u.label for u in off], "channel": cfg.channel}
+                "not_reported": [u.label for u in off], "channel": cfg.channel,
+                "hop_s": hop_s or card.hop_s,
+                "audio_start_time": start_time.isoformat() if start_time else None,
+                "timezone": cfg.timezone,
+                "clips": cfg.clips.describe() if cfg.clips else None}
+    file_settings = FileSettings(decoder, cfg.channel, cfg.block_s, hop_s, start_time,
+                                 cfg.timezone, cfg.clips)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = Summary(out=out, files=len(jobs))
+    summary = Summary(out=out, files=len(jobs), rtypes=rtypes)
     _check_table_names(jobs)
 
     with _lock(out):
         manifest = out / MANIFEST
         latest = read_manifest(manifest)
-        todo = [j for j in jobs if cfg.force or not _is_done(latest.get(j.path), j, settings, out)]
+        todo = [j for j in jobs if cfg.force or not _is_done(latest.get(j.path), j, settings)]
         summary.skipped = len(jobs) - len(todo)
         if summary.skipped:
             log.info("%d of %d files already analysed with these settings (manifest %s); "
                      "--force analyses them again", summary.skipped, len(jobs), manifest)
+        _remove_old_clips([latest[j.path] for j in todo if j.path in latest], settings)
         workers = min(cfg.workers or os.cpu_count() or 1, max(1, len(todo)))
         progress = Progress(len(todo), cfg.progress)
         try:
             with open(manifest, "a", encoding="utf-8") as fh:
-                for result in _run(todo, workers, model, cfg, decoder):
+                for result in _run(todo, workers, model, cfg.model, file_settings):
                     entry = _entry(result, settings)
                     fh.write(json.dumps(entry, separators=(",", ":")) + "\n")
                     fh.flush()  # a crash loses at most the file being analysed
@@ -401,35 +406,66 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
         write_atomic(manifest, "".join(json.dumps(e, separators=(",", ":")) + "\n"
                                         for e in latest.values()))
         done = [latest[j.path] for j in jobs if latest.get(j.path, {}).get("status") == "ok"]
-        rows = event_rows(done)
-        write_events(out, rows)
-    summary.events = len(rows)
+        failed = [j.rel for j in jobs if latest.get(j.path, {}).get("status") == "failed"]
+        summary.events = write_results(out, rtypes, done, failed)
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def window_hop(card: ModelCard, hop_s: float | None, overlap_s: float | None) -> float:
+    """The hop from `--model-hop-s` or `--overlap` (window - hop); 0 = the card's. Both given
+    must agree. A hop of 0 means the card's, as `model.hop_s = 0` does on the device."""
+    hop_s = hop_s or None
+    if overlap_s is not None and not 0 <= overlap_s < card.window_s:
+        raise UserError(f"--overlap {overlap_s:g}: must be >= 0 and below the model's window "
+                        f"({card.window_s:g} s)")
+    from_overlap = card.window_s - overlap_s if overlap_s is not None else None
+    if hop_s is not None and from_overlap is not None and abs(hop_s - from_overlap) > 1e-9:
+        raise UserError(f"--overlap {overlap_s:g} means a hop of {from_overlap:g} s (window "
+                        f"{card.window_s:g} s), but --model-hop-s is {hop_s:g}; give one")
+    hop = hop_s if hop_s is not None else from_overlap or 0.0
+    if hop_s is not None and not 0 < hop_s <= card.window_s:
+        raise UserError(f"--model-hop-s {hop_s:g}: must be in (0, window {card.window_s:g} s]")
+    try:
+        model_geometry(card, hop)
+    except UserError as err:
+        raise UserError(f"--overlap/--model-hop-s: {err}") from None
+    return hop
+
+
+def _remove_old_clips(entries: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
+    """The clips of files analysed again, when they lie where this run writes its clips:
+    their names (detection times) may change, and an orphan clip would match no row."""
+    now = settings["clips"]
+    for entry in entries:
+        old = (entry.get("settings") or {}).get("clips")
+        if now and old and old.get("dir") == now["dir"]:
+            for path in _clip_paths(entry):
+                path.unlink(missing_ok=True)
 
 
 def _check_table_names(jobs: Sequence[Job]) -> None:
     seen: dict[str, str] = {}
     for j in jobs:
-        key = (Path(j.rel).parent / table_name(j.rel)).as_posix().lower()
+        key = (Path(j.rel).parent / table_name(j.rel)).as_posix().lower()  # and .labels.txt
         if key in seen:
             raise UserError(f"{j.path} and {seen[key]} would write the same Raven table "
                             f"({key}); analyse them into different --out folders")
         seen[key] = j.path
 
 
-def _run(todo: Sequence[Job], workers: int, model: TFLiteModel, cfg: AnalyzeConfig,
-         decoder: DecoderConfig) -> Iterator[FileResult]:
+def _run(todo: Sequence[Job], workers: int, model: TFLiteModel, model_path: str,
+         settings: FileSettings) -> Iterator[FileResult]:
     """Results in completion order; in-process for one worker."""
     if workers <= 1:
-        analyser = _Analyser(cfg.model, decoder, cfg.channel, cfg.out, cfg.block_s, model)
+        analyser = _Analyser(model_path, settings, model)
         for job in todo:
             yield analyser.run(job)
         return
     import multiprocessing
 
     # spawn, not fork: the parent may hold threads (tqdm, a test's tensorflow) that fork breaks.
-    args = (cfg.model, decoder, cfg.channel, cfg.out, cfg.block_s)
+    args = (model_path, settings)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker,
                              initargs=(args, logging.getLogger().getEffectiveLevel())) as pool:

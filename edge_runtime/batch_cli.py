@@ -1,9 +1,12 @@
 """`meerkit analyze`: the command line of batch detection (`edge_runtime.batch` does the work).
 
 Flags share `edge-runtime`'s names for the same settings (`--model-thresholds`,
-`--model-hysteresis`, `--model-min-duration-s`, `--model-merge-gap-s`, `--emit-undetectable`,
-`--audio-channel`). The old spellings (`--threshold`, `--hysteresis`, `--min-duration`,
-`--merge-gap`, `--channel`) still work for one release: hidden from --help, with a warning.
+`--model-hysteresis`, `--model-min-duration-s`, `--model-merge-gap-s`, `--model-hop-s`,
+`--emit-undetectable`, `--audio-channel`, `--audio-start-time`, `--clips-pre-s`,
+`--clips-post-s`), and BirdNET-Analyzer's where users know those (`--rtype`, `--overlap`). The
+old spellings (`--threshold`, `--hysteresis`, `--min-duration`, `--merge-gap`, `--channel`)
+still work for one release: hidden from --help, with a warning. Folders are searched
+recursively (`--no-recursive` opts out; `--recursive`/`-r` is accepted and does nothing).
 """
 
 from __future__ import annotations
@@ -13,19 +16,28 @@ import logging
 import sys
 from typing import Any
 
+from edge_runtime.batch_clips import CLIP_FORMATS
+from edge_runtime.output_formats import RTYPES
+
 log = logging.getLogger("edge_runtime.batch")
 
 EPILOG = """\
 examples:
   meerkit analyze /media/SDCARD --model student_int8.tflite --out results
-  meerkit analyze card1/ card2/ --recursive --model m.tflite --out results --workers 4
+  meerkit analyze card1/ card2/ --model m.tflite --out results --workers 4 \\
+      --rtype raven-combined,csv,kaleidoscope --timezone Europe/Berlin
   meerkit analyze card/ --model m.tflite --out results --model-thresholds 0.7 \\
       --model-thresholds call=0.4                 # 0.7 for every label, 0.4 for 'call'
+  meerkit analyze card/ --model m.tflite --out results --clips results/clips --overlap 0.5
 
-Writes one Raven selection table per audio file (<name>.Table.1.selections.txt, mirroring the
-input folders), events.csv (+ events.parquet with pyarrow) and manifest.jsonl. Rerunning skips
-files already analysed with the same model and settings (unless --force) and retries failed
-ones. AudioMoth names (20250601_053000.WAV, UTC) fill the start_utc column.
+Writes the --rtype outputs (default: one Raven selection table per audio file,
+<name>.Table.1.selections.txt mirroring the input folders, events.csv, and events.parquet with
+pyarrow) and manifest.jsonl. Rerunning skips files already analysed with the same model and
+settings (unless --force) and retries failed ones; other --rtype values rewrite the tables
+without analysing again. Start times (start_utc, and time_source saying where they came from):
+the recorder's header (AudioMoth comment, GUANO), else the file name (20250601_053000.WAV, UTC
+unless --timezone), else --audio-start-time; files with none get an empty start_utc and a
+warning.
 
 exit status: 0 every file analysed (a truncated WAV is analysed up to its end and reported as
 a warning), 1 some files failed (listed at the end; the rest are done), 2 usage error.
@@ -103,7 +115,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_deprecated(p, "--channel", p.add_argument(
         "--audio-channel", dest="channel", default="mix", metavar="mix|N",
         help="mix all channels, or keep channel N (0-based) (default: %(default)s)"))
-    p.add_argument("--recursive", "-r", action="store_true", help="search subfolders too")
+    d.add_argument("--overlap", dest="overlap_s", type=float, metavar="S",
+                   help="overlap of consecutive windows in seconds, as in BirdNET-Analyzer: "
+                        "the hop is the window minus S (default: the card's hop)")
+    d.add_argument("--model-hop-s", dest="hop_s", type=float, metavar="S",
+                   help="window hop in seconds, edge-runtime's name (window - --overlap); "
+                        "0 = the card's")
+    o = p.add_argument_group("outputs")
+    o.add_argument("--rtype", metavar="TYPE[,TYPE...]",
+                   help=f"output types, comma-separated: {', '.join(RTYPES)} (default: raven,"
+                        "csv and parquet when pyarrow is installed)")
+    o.add_argument("--clips", "--clips-dir", dest="clips", metavar="DIR",
+                   help="write one audio clip per detection into DIR (named in the `clip` "
+                        "column of csv, raven-combined and parquet)")
+    o.add_argument("--clips-pre-s", type=float, default=1.0, metavar="S",
+                   help="audio kept before each detection (default: %(default)s)")
+    o.add_argument("--clips-post-s", type=float, default=1.0, metavar="S",
+                   help="audio kept after each detection (default: %(default)s)")
+    o.add_argument("--clips-format", choices=CLIP_FORMATS, default="wav",
+                   help="clip format; flac needs soundfile (default: %(default)s)")
+    t = p.add_argument_group("recording times")
+    t.add_argument("--audio-start-time", metavar="ISO",
+                   help="start of files whose header and name give no time, e.g. "
+                        "2025-06-01T05:30:00+02:00 (a header or name time wins)")
+    t.add_argument("--timezone", metavar="IANA",
+                   help="the recorder's zone (e.g. Europe/Berlin) for file names and GUANO "
+                        "times without a UTC offset (default: names are UTC, AudioMoth's "
+                        "default)")
+    p.add_argument("--no-recursive", dest="recursive", action="store_false",
+                   help="do not search subfolders (searched by default)")
+    p.add_argument("--recursive", "-r", dest="recursive", action="store_true",
+                   help=argparse.SUPPRESS)  # the default now; accepted for old scripts
     p.add_argument("--force", action="store_true",
                    help="analyse every file again, even those the manifest says are done")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -112,7 +154,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     from edge_runtime.batch import AnalyzeConfig, analyze
+    from edge_runtime.batch_clips import ClipSettings
     from edge_runtime.batch_outputs import format_summary
+    from edge_runtime.output_formats import parse_rtypes
 
     every = [value for label, value in args.thresholds if not label]
     cfg = AnalyzeConfig(model=args.model, out=args.out, workers=args.workers,
@@ -120,7 +164,12 @@ def handler(args: argparse.Namespace) -> int:
                         thresholds={label: v for label, v in args.thresholds if label},
                         hysteresis=args.hysteresis, min_duration_s=args.min_duration_s,
                         merge_gap_s=args.merge_gap_s, emit_undetectable=args.emit_undetectable,
-                        channel=args.channel, recursive=args.recursive, force=args.force,
+                        channel=args.channel, hop_s=args.hop_s, overlap_s=args.overlap_s,
+                        audio_start_time=args.audio_start_time, timezone=args.timezone,
+                        rtypes=parse_rtypes(args.rtype) if args.rtype else None,
+                        clips=ClipSettings(args.clips, args.clips_pre_s, args.clips_post_s,
+                                           args.clips_format) if args.clips else None,
+                        recursive=args.recursive, force=args.force,
                         progress=not args.no_progress)
     summary = analyze(args.paths, cfg)
     print(format_summary(summary), file=sys.stdout if summary.ok else sys.stderr)

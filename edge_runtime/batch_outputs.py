@@ -1,13 +1,11 @@
-"""What `meerkit analyze` writes besides the manifest: one Raven selection table per audio file,
-events.csv (+ events.parquet with pyarrow) over every file of the run, the progress and the
-summary it prints. Every file is replaced atomically: a crash never leaves half a table that a resumed
-run would take for a finished one."""
+"""What `meerkit analyze` writes besides the manifest and prints: the result tables of every
+chosen `--rtype` (`output_formats`), built from the manifest entries of the run's files so that
+skipped and analysed files look the same, the progress and the summary. Every file is replaced
+atomically: a crash never leaves half a table that a resumed run would take for a finished one."""
 
 from __future__ import annotations
 
-import csv
 import importlib
-import io
 import logging
 import os
 import sys
@@ -15,23 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime.contract.raven import table_name, write_selection_table
-from edge_runtime.contract.times import format_number, iso_utc
+from edge_runtime.contract.times import iso_utc
+from edge_runtime.output_formats import (
+    EVENTS_PARQUET,
+    AnalysedFile,
+    EventRow,
+    per_file_outputs,
+    write_outputs,
+)
 
 if TYPE_CHECKING:
     from edge_runtime.batch import FileResult, Summary
 
 log = logging.getLogger("edge_runtime.batch")
-
-EVENTS_CSV = "events.csv"
-EVENTS_PARQUET = "events.parquet"
-CSV_COLUMNS = ("file", "label", "start_s", "end_s", "confidence_max", "confidence_mean",
-               "start_utc")
-
-
-def table_path(out: Path, rel: str) -> Path:
-    """The Raven table of the audio file `rel` (its path relative to the inputs' folder)."""
-    return out / Path(rel).parent / table_name(rel)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -40,56 +34,45 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def event_rows(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """events.csv rows from manifest entries, by file then time."""
-    rows = []
-    for entry in sorted(entries, key=lambda e: e["file"]):
-        start = entry.get("start_unix")
-        for label, s, e, cmax, cmean in entry["events"]:
-            rows.append({"file": entry["file"], "label": label, "start_s": s, "end_s": e,
-                         "confidence_max": cmax, "confidence_mean": cmean,
-                         "start_utc": iso_utc(start + s) if start is not None else ""})
-    return rows
+def rows_and_files(entries: Sequence[dict[str, Any]]) -> tuple[list[EventRow], list[AnalysedFile]]:
+    """Event rows and analysed files (in the given order: Raven's file sequence) from the
+    manifest entries of successfully analysed files."""
+    rows, files = [], []
+    for entry in entries:
+        start, clips = entry.get("start_unix"), entry.get("clips") or []
+        files.append(AnalysedFile(entry["path"], entry["file"], entry["audio_s"],
+                                  entry["sample_rate"]))
+        for i, (label, s, e, cmax, cmean) in enumerate(entry["events"]):
+            rows.append(EventRow(entry["path"], entry["file"], label, s, e, cmax, cmean,
+                                 iso_utc(start + s) if start is not None else "",
+                                 entry.get("time_source", "unknown"),
+                                 clips[i] if i < len(clips) else ""))
+    return rows, files
 
 
-def write_events(out: Path, rows: list[dict[str, Any]]) -> list[Path]:
-    """events.csv, and events.parquet when pyarrow is importable."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for r in rows:
-        writer.writerow([r["file"], r["label"], format_number(r["start_s"]),
-                         format_number(r["end_s"]), format_number(r["confidence_max"]),
-                         format_number(r["confidence_mean"]), r["start_utc"]])
-    written = [out / EVENTS_CSV]
-    write_atomic(written[0], buf.getvalue())
-    try:
-        pa = importlib.import_module("pyarrow")
-        pq = importlib.import_module("pyarrow.parquet")
-    except ImportError:
-        stale = out / EVENTS_PARQUET
-        if stale.exists():  # from a run with pyarrow: it would contradict events.csv
-            log.warning("%s removed: pyarrow is not installed to update it", stale)
-            stale.unlink()
-        return written
-    table = pa.table({
-        "file": pa.array([r["file"] for r in rows], pa.string()),
-        "label": pa.array([r["label"] for r in rows], pa.string()),
-        **{k: pa.array([r[k] for r in rows], pa.float64())
-           for k in ("start_s", "end_s", "confidence_max", "confidence_mean")},
-        "start_utc": pa.array([r["start_utc"] or None for r in rows], pa.string()),
-    })
-    tmp = out / f".{EVENTS_PARQUET}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
-    os.replace(tmp, out / EVENTS_PARQUET)
-    return [*written, out / EVENTS_PARQUET]
+def write_results(out: Path, rtypes: Sequence[str], entries: Sequence[dict[str, Any]],
+                  failed: Sequence[str]) -> int:
+    """Every chosen output over `entries`; the per-file outputs of the `failed` files (their
+    relative paths) are removed, since an earlier success's table would now be stale. Returns
+    the number of events."""
+    for rel in failed:
+        for path in per_file_outputs(out, rel):
+            path.unlink(missing_ok=True)
+    stale = out / EVENTS_PARQUET
+    if "parquet" not in rtypes and stale.exists():  # it would contradict the other tables
+        log.warning("%s removed: not among the chosen --rtype outputs (%s), so it would be "
+                    "stale", stale, ",".join(rtypes))
+        stale.unlink()
+    rows, files = rows_and_files(entries)
+    write_outputs(out, rtypes, rows, files)
+    return len(rows)
 
 
 def format_summary(s: Summary) -> str:
     rate = f", {s.audio_s / s.wall_s:.0f}x real time" if s.audio_s and s.wall_s else ""
     lines = [f"analyze: {s.files} files: {s.analysed - len(s.failed)} analysed, {s.skipped} "
-             f"already done, {len(s.failed)} failed; {s.events} events in "
-             f"{s.out / EVENTS_CSV} ({s.audio_s:.0f} s of audio in {s.wall_s:.1f} s{rate})"]
+             f"already done, {len(s.failed)} failed; {s.events} events in {s.out} "
+             f"({', '.join(s.rtypes)}) ({s.audio_s:.0f} s of audio in {s.wall_s:.1f} s{rate})"]
     if s.warnings:
         lines.append(f"warnings ({len(s.warnings)}):")
         lines += [f"  {w}" for _, w in s.warnings]
@@ -97,12 +80,6 @@ def format_summary(s: Summary) -> str:
         lines.append(f"failed ({len(s.failed)}; a rerun retries them):")
         lines += [f"  {e}" for _, e in s.failed]
     return "\n".join(lines)
-
-
-def write_table(out: Path, rel: str, events: Sequence[Any], sample_rate: int) -> Path:
-    """The Raven selection table of one audio file (header only when nothing was detected)."""
-    return write_selection_table(table_path(out, rel), events, nyquist_hz=sample_rate / 2,
-                                 confidence=True)
 
 
 class Progress:

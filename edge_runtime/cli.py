@@ -32,7 +32,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,17 @@ from edge_runtime.config import (
     describe,
     flag_overrides,
     load_config,
+    make_schedule,
     read_password,
 )
 from edge_runtime.contract.errors import UserError, quiet_broken_pipe
 from edge_runtime.contract.events import DecoderConfig
 from edge_runtime.contract.model import TFLiteModel, model_geometry
-from edge_runtime.detect import Detector, Pipeline, decoder_settings
+from edge_runtime.detect import decoder_settings
+from edge_runtime.label_filter import LabelFilter
 from edge_runtime.message import message_builder
+from edge_runtime.recording import Clock, Recorder, SystemClock
+from edge_runtime.schedule import Schedule, run_scheduled
 from edge_runtime.sinks import FanOut, Sink
 from edge_runtime.watchdog import Watchdog
 
@@ -145,8 +150,10 @@ def cpu_temperature() -> float | None:
     return None
 
 
-def make_sinks(cfg: RuntimeConfig, model: TFLiteModel) -> FanOut:
-    """The outputs `cfg` asks for: MQTT (or stdout), then clips."""
+def make_sinks(cfg: RuntimeConfig, model: TFLiteModel,
+               keep: Callable[[str], bool] | None = None) -> FanOut:
+    """The outputs `cfg` asks for: MQTT (or stdout), then clips; `keep`: the labels this
+    site reports (None: every label)."""
     d = cfg.device
     to_message = message_builder(model.card, cfg.device_id, d.site, d.lat, d.lon)
     sinks: list[Sink] = []
@@ -164,48 +171,92 @@ def make_sinks(cfg: RuntimeConfig, model: TFLiteModel) -> FanOut:
         from edge_runtime.sinks.print import PrintSink
 
         sinks.insert(0, PrintSink(to_message))
-    return FanOut(sinks)
+    return FanOut(sinks, keep)
 
 
 # ------------------------------------------------------------------------- run
-def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None) -> int:
+def label_filter(cfg: RuntimeConfig, model: TFLiteModel) -> LabelFilter:
+    """`[labels]` checked against the card: a name the model does not have is a user error."""
+    return LabelFilter.from_config({"allow": list(cfg.labels.allow),
+                                    "deny": list(cfg.labels.deny)}, model.card.labels)
+
+
+def active_schedule(cfg: RuntimeConfig) -> Schedule | None:
+    """The schedule this run follows, or None (always listening). It governs the microphone;
+    a file or stdin is read from start to end unless schedule.replay asks otherwise (a
+    recording replayed is not a recorder that needs sleep)."""
+    if not cfg.schedule.windows:
+        return None
+    if cfg.audio.input != "mic" and not cfg.schedule.replay:
+        return None
+    return make_schedule(cfg)
+
+
+def source_opener(cfg: RuntimeConfig, model_rate: int) -> Callable[[], Source]:
+    """How each listening period gets its input: the microphone is opened anew (and closed
+    at the period's end: nothing holds it between windows); a file or stdin is opened once,
+    here, so a bad path is an error at start-up, and each period reads it again (a file from
+    its start, stdin on from where the last period stopped)."""
+    if cfg.audio.input == "mic":
+        return lambda: make_source(cfg, model_rate)
+    source = make_source(cfg, model_rate)
+    return lambda: source
+
+
+def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None, *,
+        clock: Clock | None = None, open_source: Callable[[], Source] | None = None) -> int:
     """Run until the input ends or SIGTERM/SIGINT; `report` (if given) receives the final
-    statistics (the benchmark reads them)."""
+    statistics (the benchmark reads them). Tests inject `clock` (wall clock and sleep) and
+    `open_source` (the input of each listening period, as `source_opener` makes it)."""
+    clock = clock or SystemClock()
     model = load_model(cfg)
     card = model.card
     geometry = model_geometry(card, cfg.model.hop_s)
     decoder = decoder_config(cfg, model)
-    source = make_source(cfg, card.sample_rate)
-    conformer = Conformer(source.sample_rate, source.channels, card.sample_rate,
-                          cfg.audio.channel, cfg.audio.resampler)
+    labels = label_filter(cfg, model)
+    schedule = active_schedule(cfg)
+    if cfg.schedule.windows and schedule is None:
+        log.info("schedule: not applied to a file or stdin input (schedule.replay = true "
+                 "applies it); reading it from start to end")
     start_time = parse_start_time(cfg.audio.start_time, cfg.audio.input)
+    open_source = open_source or source_opener(cfg, card.sample_rate)
+    # A microphone or a live pipe should never end: if it does, or stalls, exit non-zero
+    # so that systemd restarts the recorder. A file (even paced in real time) just ends.
+    first = None if schedule is not None and not schedule.active(clock.now()) else open_source()
+    endless = cfg.audio.input == "mic" or (isinstance(first, StdinSource) and first.live)
     log.info("model: %s", model.describe())
     if suppressed_text(cfg, model):
         log.info("not emitted, the card marks them undetectable (--emit-undetectable emits "
                  "them): %s", suppressed_text(cfg, model))
-    log.info("audio: %s -> %d Hz mono (channel %s); windows of %d samples every %d",
-             source.description, card.sample_rate, cfg.audio.channel, geometry.window, geometry.hop)
-    sinks = make_sinks(cfg, model)
+    if labels.filters:
+        log.info("labels: reported at this site: %s; suppressed ([labels]): %s",
+                 ", ".join(labels.kept), ", ".join(labels.describe()["suppressed"]))
+    if schedule is not None:
+        log.info("schedule: windows %s (%s); %s", ", ".join(w.spec for w in schedule.windows),
+                 schedule.tz, schedule.describe(clock.now())["state"])
+    sinks = make_sinks(cfg, model, labels.keep if labels.filters else None)
     started = time.time()
-    detector = Detector(model.window_fn, card, geometry, decoder, cfg.device_id,
-                        start_time if start_time is not None else started)
-    # A microphone or a live pipe should never end: if it does, or stalls, exit non-zero
-    # so that systemd restarts the recorder. A file (even paced in real time) just ends.
-    endless = isinstance(source, MicSource) or (isinstance(source, StdinSource) and source.live)
+    stop = threading.Event()
     watchdog = Watchdog.from_env(live=endless, stall_s=cfg.audio.stall_s,
                                  health_file=cfg.log.health_file, stats=lambda: stats())
-    pipeline = Pipeline(source, conformer, detector, sinks, cfg.audio.buffer_s,
-                        progress=watchdog)
-    watchdog.backlog = lambda: pipeline.ring.fill
+    pending = [first] if first is not None else []
+    recorder = Recorder(cfg, model, decoder, geometry, sinks, watchdog,
+                        lambda: pending.pop() if pending else open_source(), clock, stop,
+                        start_time, schedule)
 
     def stats() -> dict[str, Any]:
-        return {"uptime_s": round(time.time() - started, 1), **pipeline.stats(),
-                **watchdog.stats(),
-                "invoke_s": round(model.invoke_s, 4), "frontend_s": round(model.frontend_s, 4),
-                "cpu_temp_c": cpu_temperature(),
-                "model": {"name": card.name, "version": card.version, "sha256": card.sha256}}
+        out = {"uptime_s": round(time.time() - started, 1), **recorder.pipeline_stats(),
+               **watchdog.stats(),
+               "invoke_s": round(model.invoke_s, 4), "frontend_s": round(model.frontend_s, 4),
+               "cpu_temp_c": cpu_temperature(),
+               "model": {"name": card.name, "version": card.version, "sha256": card.sha256}}
+        if schedule is not None:
+            out["schedule"] = schedule.describe(clock.now())
+        if labels.filters:
+            out["labels"] = {**labels.describe(), "suppressed_detections": sinks.suppressed}
+        return out
 
-    stop = threading.Event()
+    recorder.status_fn = stats
 
     def on_signal(signum, frame) -> None:
         log.info("received %s: finishing what was captured, then draining the outbox",
@@ -215,21 +266,14 @@ def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         t0 = time.perf_counter()
-        pipeline.start()
-        next_stats = time.monotonic()
-        stopping = False
-        while not pipeline.done:
-            stalled = watchdog.check()
-            if (stop.is_set() or stalled) and not stopping:
-                stopping = True
-                pipeline.stop()
-                if stalled:  # inference may be hung: do not wait for it without a limit
-                    pipeline.join(5.0)
-                    break
-            if time.monotonic() >= next_stats:
-                sinks.status(stats())
-                next_stats = time.monotonic() + cfg.mqtt.stats_interval_s
-            pipeline.join(0.1)  # returns at once when the input ends
+        try:
+            if schedule is None:
+                recorder.listen(None)
+            else:
+                run_scheduled(schedule, clock.now, recorder.sleep, recorder.listen)
+        except BaseException:  # a microphone that fails to open at a window: keep the outbox
+            sinks.close(0.0)
+            raise
         pipeline_s = time.perf_counter() - t0
         final = stats()
         sinks.status(final)
@@ -244,14 +288,26 @@ def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None) -> int:
         report.update(final, pipeline_s=pipeline_s, invoke_s=model.invoke_s,
                       frontend_s=model.frontend_s,
                       invokes=model.invokes, unsent=remaining)
-    if pipeline.error is not None:
-        if isinstance(pipeline.error, (UserError, BrokenPipeError)):  # `| head`: quiet
-            raise pipeline.error
-        log.error("runtime failed", exc_info=pipeline.error)
-    return watchdog.finish(signalled=stop.is_set(), failed=pipeline.error is not None)
+    if recorder.error is not None:
+        if isinstance(recorder.error, (UserError, BrokenPipeError)):  # `| head`: quiet
+            raise recorder.error
+        log.error("runtime failed", exc_info=recorder.error)
+    return watchdog.finish(signalled=stop.is_set(), failed=recorder.error is not None)
 
 
 # ------------------------------------------------------------------------- --check
+def schedule_text(cfg: RuntimeConfig, now: datetime) -> str:
+    """The schedule as `--check` reports it: windows, state now, today's windows."""
+    if not cfg.schedule.windows:
+        return "none: listening all the time"
+    d = make_schedule(cfg).describe(now)  # valid: load_config checked it
+    today = ", ".join(f"{a[11:16]}-{b[11:16]}" for a, b in d["today"]) or "none"
+    text = f"{', '.join(d['windows'])} ({d['timezone']}): {d['state']}; today {today}"
+    if active_schedule(cfg) is None:
+        text += "; not applied to a file or stdin input (schedule.replay = true applies it)"
+    return text
+
+
 def run_check(cfg: RuntimeConfig) -> int:
     problems = 0
 
@@ -278,6 +334,16 @@ def run_check(cfg: RuntimeConfig) -> int:
                                f"{off}" if off else "every label is emitted")
     except UserError as err:
         report(False, "model", str(err))
+    if model is not None:
+        try:
+            kept = label_filter(cfg, model)
+            off = kept.describe()["suppressed"]
+            report(True, "label lists", f"reported: {', '.join(kept.kept)}; suppressed by "
+                                        f"[labels]: {', '.join(off)}" if off
+                   else "[labels] suppresses none")
+        except UserError as err:
+            report(False, "label lists", str(err))
+    report(True, "schedule", schedule_text(cfg, datetime.now(timezone.utc)))
     try:
         a = cfg.audio
         if a.input == "mic":

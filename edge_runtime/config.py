@@ -147,9 +147,9 @@ class ScheduleConfig:
     # Parsed and checked by edge_runtime.schedule (window syntax, zone, astral for sun windows).
     timezone: str = setting("", help="the site's IANA zone (Europe/Berlin, UTC): windows are "
                                      "local wall-clock times; required with windows")
-    windows: list[str] = setting(help="when to record: \"21:00-05:00\", "
+    windows: tuple[str, ...] = setting(help="when to record: \"21:00-05:00\", "
                                       "\"sunrise-30m..sunrise+2h\" (sun windows use "
-                                      "device.lat/lon); [] = always", default_factory=list)
+                                      "device.lat/lon); [] = always", default_factory=tuple)
     polar: str = setting("skip", help="a day without the sun event a window needs: skip that "
                                       "window, or record all day", choices=POLAR_RULES)
     replay: bool = setting(False, help="also schedule a file or stdin input (normally read "
@@ -160,9 +160,10 @@ class ScheduleConfig:
 @dataclass
 class LabelsConfig:
     # Checked against the model card's labels at start-up (edge_runtime.label_filter).
-    allow: list[str] = setting(help="report only these labels (comma list on the command "
-                                    "line); [] = every label", default_factory=list)
-    deny: list[str] = setting(help="never report these labels", default_factory=list)
+    allow: tuple[str, ...] = setting(help="report only these labels (a comma list on the "
+                                          "command line); [] = every label",
+                                     default_factory=tuple)
+    deny: tuple[str, ...] = setting(help="never report these labels", default_factory=tuple)
 
 
 @dataclass
@@ -276,7 +277,7 @@ def make_schedule(cfg: RuntimeConfig) -> Schedule:
     """The `[schedule]` section as a Schedule (sun windows at device.lat/lon); no windows =
     always recording."""
     s = cfg.schedule
-    section: dict[str, Any] = {"windows": s.windows, "polar": s.polar}
+    section: dict[str, Any] = {"windows": list(s.windows), "polar": s.polar}
     if s.timezone:
         section["timezone"] = s.timezone
     return Schedule.from_config(section, "schedule", lat=cfg.device.lat, lon=cfg.device.lon)
@@ -332,9 +333,7 @@ def describe(cfg: RuntimeConfig) -> str:
                 lines.append(f"{f.name} = {{{body}}}")
             elif isinstance(value, bool):
                 lines.append(f"{f.name} = {str(value).lower()}")
-            elif isinstance(value, list):
-                lines.append(f"{f.name} = {json.dumps(value)}")
-            elif isinstance(value, str):
+            elif isinstance(value, str | list | tuple):
                 lines.append(f"{f.name} = {json.dumps(value)}")
             else:
                 lines.append(f"{f.name} = {value}")

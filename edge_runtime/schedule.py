@@ -279,7 +279,7 @@ def run_scheduled(schedule: Schedule, clock: Callable[[], datetime],
 def _observer(lat: float | None, lon: float | None, where: str):
     if lat is None or lon is None:
         raise UserError(f"{where}: sun windows need the site's lat and lon "
-                        f"({where}.lat/{where}.lon or the device location)")
+                        "(set device.lat and device.lon)")
     try:
         lat, lon = float(lat), float(lon)
     except (TypeError, ValueError):

@@ -22,9 +22,13 @@ fed. A live source that ends (a microphone unplugged, arecord killed) is not a n
 
 Exit codes (the CLI's 0/1/2 stay): EXIT_STALLED = 3, EXIT_SOURCE_ENDED = 4.
 
+A recording schedule closes the input between windows: `sleep(status)` (READY=1 if not yet
+sent, then WATCHDOG=1 on time and no stall while sleeping) and `wake()` (the reopened source
+gets stall_s to begin) bracket those pauses; one Watchdog still serves the whole run.
+
 The health file (JSON, replaced atomically; `log.health_file`, default
-$STATE_DIRECTORY/health.json under systemd) holds `status` (starting, ok, stalled, ended,
-stopped, failed), `reason`, `last_audio_at`, `stalls` and `restarts` (carried over from the
+$STATE_DIRECTORY/health.json under systemd) holds `status` (starting, ok, sleeping, stalled,
+ended, stopped, failed), `reason`, `last_audio_at`, `stalls` and `restarts` (carried over from the
 previous file: a start in the same boot, by /proc boot_id, counts as a restart; a reboot does
 not), what the previous run last wrote (`previous`), and every key of the `stats` callable
 (the CLI passes its status statistics: audio_s, windows, detections, outbox depth,
@@ -179,6 +183,7 @@ class Watchdog:
         self._last_feed = now
         self._next_health = now + health_interval_s
         self.ready_sent = False
+        self.sleeping = False  # outside a recording window (see sleep/wake)
         self.stall: Stall | None = None
         self.status, self.reason = "starting", ""
         self.previous = read_health(health_path) if health_path else None
@@ -216,11 +221,39 @@ class Watchdog:
             self.notifier.send("READY=1", f"STATUS={status}")
             self.write_health()
 
+    def sleep(self, status: str) -> None:
+        """No audio is expected until `wake` (outside a recording window the input is closed).
+        READY=1 goes out now if it has not (systemd must not time out a start that waits for
+        its first window); meanwhile `check` names no stall and feeds WATCHDOG=1 on time: the
+        main loop calling it is all there is to be alive."""
+        self.ready(status)
+        self.sleeping = True
+        self.status, self.reason = "sleeping", status
+        self.notifier.send(f"STATUS=sleeping: {status}")
+        self.write_health()
+
+    def wake(self) -> None:
+        """Audio is expected again: the reopened source gets stall_s to begin, as at the start."""
+        now = self.clock()
+        self.sleeping = False
+        self._seen = (self._received, self._processed)
+        self._last_audio = self._last_progress = now
+        self._received_at_progress, self._waiting_since = self._received, None
+        self.status, self.reason = "ok", ""
+
     def check(self) -> Stall | None:
         """Note progress, feed systemd's watchdog while there is some, name a stall."""
         if self.stall is not None:
             return self.stall  # sticky: a stalled run is never fed again
         now = self.clock()
+        if self.sleeping:
+            every = self.notifier.watchdog_s
+            if every is not None and now - self._last_feed >= every / 2:
+                self._last_feed = now
+                self.notifier.send("WATCHDOG=1")
+            if now >= self._next_health:
+                self.write_health()
+            return None
         received, processed = self._received, self._processed
         if received != self._seen[0]:
             self._last_audio, self._last_audio_wall = now, self.wall()

@@ -292,8 +292,8 @@ def run_demo(args: argparse.Namespace) -> int:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
             subscriber = SubscriberProcess(
-                [meerkit, "subscribe", "--host", host, "--port", str(port), "--db",
-                 f"sqlite:///{db}", "--print", "--client-id", "meerkit-demo-server"])
+                [meerkit, "subscribe", "--mqtt-host", host, "--mqtt-port", str(port), "--db",
+                 f"sqlite:///{db}", "--print", "--mqtt-client-id", "meerkit-demo-server"])
             subscriber.start()
             start_time = "2025-06-01T04:00:00Z"
             outbox = out / "outbox.sqlite"

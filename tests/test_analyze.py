@@ -218,7 +218,8 @@ def test_user_errors_name_the_problem(energy_model, tmp_path):
         with pytest.raises(UserError, match=re.escape(message)):
             analyze(inputs, config)
 
-    assert analyze([card], cfg()).files == 3  # without --recursive, sub/ is not searched
+    assert analyze([card], cfg()).files == 4  # subfolders are searched by default
+    assert analyze([card], cfg(recursive=False)).files == 3  # --no-recursive: sub/ is not
     one_channel = analyze([card / "sub" / "stereo.wav", card / "clip.flac"], cfg(channel="1"))
     assert one_channel.failed == [(str(card / "clip.flac"), f"{card / 'clip.flac'}: "
                                    "--audio-channel 1: the file has 1 channel(s) (0-based index)")]

@@ -47,18 +47,20 @@ def test_published_equals_stored_through_the_real_subscriber(broker, energy_mode
     assert subscriber_duplicates(sub.lines) == 0
 
 
-def test_a_subscriber_that_cannot_connect_fails_at_once(tmp_path):
+def test_a_subscriber_that_cannot_connect_is_given_up_with_its_cause(tmp_path):
+    """The subscriber retries a broker that is down (a server must outlive its broker); the
+    demo gives up after its timeout and shows the named cause, then stops the process."""
     from conftest import free_port
 
     from edge_runtime.contract.errors import UserError
 
-    sub = SubscriberProcess([_cmd("meerkit"), "subscribe", "--host", "127.0.0.1", "--port",
-                             str(free_port()), "--db", f"sqlite:///{tmp_path / 'd.sqlite'}"])
-    t0 = time.monotonic()
-    with pytest.raises(UserError, match="did not subscribe"):
-        sub.start(timeout_s=60)
-    assert time.monotonic() - t0 < 30  # it exited; start() did not wait out the minute
-    assert any("cannot connect" in line for line in sub.lines)
+    sub = SubscriberProcess([_cmd("meerkit"), "subscribe", "--mqtt-host", "127.0.0.1",
+                             "--mqtt-port", str(free_port()),
+                             "--db", f"sqlite:///{tmp_path / 'd.sqlite'}"])
+    with pytest.raises(UserError, match="did not subscribe") as err:
+        sub.start(timeout_s=5)
+    assert "nothing listening" in str(err.value)
+    assert sub.proc.poll() is not None  # stopped, not left retrying
 
 
 def test_progress_bars_are_thinned_in_a_log_and_tensorflow_chatter_dropped():

@@ -36,11 +36,17 @@ def _fixed(text: str, size: int) -> bytes:
 
 def write_recorder_wav(path: Path, comment: str | None = None, artist: str | None = None,
                        guano: str | None = None, guano_first: bool = False,
-                       frames: int = 800) -> Path:
+                       frames: int = 800, audio: np.ndarray | None = None,
+                       rate: int = RATE) -> Path:
     """A 16-bit mono WAV laid out as AudioMoth firmware 1.11 writes it: RIFF, fmt, LIST/INFO
-    with fixed-size ICMT (384 bytes) and IART (32 bytes), data, then the GUANO chunk."""
-    samples = (np.sin(np.arange(frames) / 5.0) * 3000).astype("<i2").tobytes()
-    fmt = struct.pack("<HHIIHH", 1, 1, RATE, RATE * 2, 2, 16)
+    with fixed-size ICMT (384 bytes) and IART (32 bytes), data, then the GUANO chunk. `audio`
+    (floats in [-1, 1]) replaces the default tone of `frames` samples."""
+    if audio is None:
+        samples = (np.sin(np.arange(frames) / 5.0) * 3000).astype("<i2").tobytes()
+    else:
+        samples = np.clip(np.round(np.asarray(audio) * 32768), -32768, 32767).astype("<i2")
+        samples = samples.tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
     chunks = [_chunk(b"fmt ", fmt)]
     if comment is not None or artist is not None:
         info = b"INFO"

@@ -421,7 +421,7 @@ def test_only_a_failing_store_stops_acknowledgement(broker, tmp_path):
     assert sub.subscribed.wait(10)
     publish(broker, [(topic(), detection(1, label="forbidden")), (topic(), detection(2))])
     deadline = time.monotonic() + 10
-    while sub.counts.received < 2 and time.monotonic() < deadline:
+    while sub.counts.stored + sub.counts.rejected < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sub.counts.reasons == {"store_refused": 1} and sub.counts.stored == 1
     assert thread.is_alive()

@@ -8,12 +8,16 @@ clips disk must not stop MQTT delivery), and is counted (`FanOut.errors`). A fai
 `essential` sink (a delivery sink: mqtt, print) is then raised again, which stops the
 runtime with exit code 1 (systemd restarts it; what the outbox stored is kept); a sink that
 is not essential (clips) is only logged, and the runtime carries on.
+
+A site's label lists (`[labels]`, edge_runtime.label_filter) act here, the one point every
+detection passes: a label the site does not report reaches no sink (no message, no clip) and
+is only counted (`FanOut.suppressed`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -46,12 +50,26 @@ class FanOut:
     """Every detection to every sink, once, in the sinks' order; audio to the sinks that are
     also `AudioTap`s. Implements `edge_runtime.detect.Output`."""
 
-    def __init__(self, sinks: Sequence[Sink]):
+    def __init__(self, sinks: Sequence[Sink], keep: Callable[[str], bool] | None = None):
         self.sinks = list(sinks)
         self.taps = [s for s in self.sinks if isinstance(s, AudioTap)]
+        self.keep = keep  # label -> reported at this site? (None: every label)
         self.errors: dict[str, int] = {}  # sink name -> failed calls
+        self.suppressed = 0  # detections of labels the site does not report
 
     def handle(self, detections: list[Detection]) -> None:
+        if self.keep is not None:
+            kept = []
+            for d in detections:
+                if self.keep(d.label):
+                    kept.append(d)
+                else:
+                    self.suppressed += 1
+                    log.debug("not reported at this site ([labels]): %s %.3f-%.3f s", d.label,
+                              d.stream_start_s, d.stream_end_s)
+            if not kept:
+                return
+            detections = kept
         for d in detections:  # the one place each detection is logged
             log.info("detected %s %.3f-%.3f s (max %.2f) id %s", d.label, d.stream_start_s,
                      d.stream_end_s, d.confidence_max, d.event_id)
