@@ -65,8 +65,7 @@ from benchmarks.soak_plan import (
     plan_bursts,
 )
 from benchmarks.soak_report import plot, print_table, summarize
-from benchmarks.soak_watch import Sampler, Tally, outbox_acknowledged, outbox_depth, \
-    outbox_messages
+from benchmarks.soak_watch import Sampler, Tally, outbox_acknowledged, outbox_depth, outbox_messages
 
 DEVICE = "soak"
 BLOCK_S = 0.5  # audio per write; outage and kill times are whole seconds, so on block edges
@@ -186,11 +185,15 @@ class Soak:
                     self.broker.start()
                 elif action == "kill":
                     self._kill_and_restart(pos // SAMPLE_RATE)
-                    pace_wall, pace_at = time.monotonic(), pos  # no catching up afterwards
-                # The feeder IS the accelerated clock: this sleep sets the pace.
-                delay = pace_wall + (pos - pace_at) / SAMPLE_RATE / self.speed - time.monotonic()
+                # The feeder IS the accelerated clock: this sleep sets the pace. Behind it (a
+                # write blocked while a runtime started), it re-anchors rather than rush: a
+                # catch-up burst would squeeze the outages that fall into it to nothing.
+                now = time.monotonic()
+                delay = pace_wall + (pos - pace_at) / SAMPLE_RATE / self.speed - now
                 if delay > 0:
                     time.sleep(delay)
+                elif delay < -BLOCK_S / self.speed:
+                    pace_wall, pace_at = now, pos
                 n = min(block, total - pos)
                 self._write(self.audio.pcm(pos, n))
                 pos += n

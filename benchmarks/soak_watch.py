@@ -145,12 +145,12 @@ class Sampler(threading.Thread):
         self.depth: list[tuple[float, float, int]] = []
         self.rss: list[tuple[float, float, int, float]] = []  # (wall, audio, process, MB)
         self.process: tuple[int, int] | None = None  # (process number, pid) being watched
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._t0 = time.monotonic()
 
     def run(self) -> None:
         tick = 0
-        while not self._stop.wait(self.interval_s):  # a period, not a synchronisation
+        while not self._halt.wait(self.interval_s):  # a period, not a synchronisation
             wall, audio = time.monotonic() - self._t0, self.audio_s()
             depth = outbox_depth(self.outbox)
             if depth is not None:
@@ -163,17 +163,18 @@ class Sampler(threading.Thread):
             tick += 1
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
 def rss_summary(samples: list[tuple[float, float]], warmup_s: float) -> dict[str, Any]:
     """(audio s since this process started, MB) -> start/end/max, slope and the flat verdict.
     `start` is the first sample after `warmup_s` of audio (imports, the interpreter and the
-    first outage and reconnect have all happened by then); `first` is the very first one."""
-    if not samples:
-        return {"samples": 0}
-    steady = [s for s in samples if s[0] >= warmup_s] or samples
+    first outage and reconnect have all happened by then); `first` is the very first one.
+    `flat`: end and max within RSS_FLAT_MB of start; None when no sample follows the warm-up."""
+    steady = [s for s in samples if s[0] >= warmup_s]
+    if not steady:  # too short to tell: no verdict
+        return {"samples": len(samples), "flat": None}
     audio_h = np.array([a for a, _ in steady]) / 3600.0
     mb = np.array([m for _, m in steady])
     slope = float(np.polyfit(audio_h, mb, 1)[0]) if len(steady) >= 3 else None

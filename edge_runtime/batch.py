@@ -36,7 +36,6 @@ was analysed, 1 when some failed.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -47,14 +46,21 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edge_runtime.audio import Conformer, open_file_source
 from edge_runtime.batch_clips import ClipSettings, write_clips
+from edge_runtime.batch_manifest import (
+    MANIFEST,
+    file_sha256,
+    is_done,
+    manifest_entry,
+    read_manifest,
+    remove_old_clips,
+)
 from edge_runtime.batch_outputs import Progress, write_atomic, write_results
 from edge_runtime.contract import recorder
 from edge_runtime.contract.card import ModelCard
@@ -66,9 +72,10 @@ from edge_runtime.detect import Detection, Detector, decoder_settings
 from edge_runtime.output_formats import default_rtypes, parse_rtypes
 
 log = logging.getLogger(__name__)
+__all__ = ["MANIFEST", "AnalyzeConfig", "FileResult", "Job", "Summary", "analyze", "find_audio",
+           "read_manifest", "window_hop"]
 
 AUDIO_SUFFIXES = (".wav", ".flac")
-MANIFEST = "manifest.jsonl"
 
 
 @dataclass
@@ -256,62 +263,6 @@ def _work(job: Job) -> FileResult:
     return _WORKER.run(job)
 
 
-# ------------------------------------------------------------------------- manifest
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    """Latest entry per absolute audio path. A line cut short by a crash is ignored."""
-    latest: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return latest
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            latest[entry["path"]] = entry
-        except (json.JSONDecodeError, KeyError, TypeError):
-            log.warning("%s:%d: unreadable manifest line ignored (interrupted write?)", path, i)
-    return latest
-
-
-def _entry(result: FileResult, settings: dict[str, Any]) -> dict[str, Any]:
-    job, start = result.job, result.start or recorder.RecordingStart(None, "unknown")
-    return {
-        "path": job.path, "file": job.rel, "size": job.size, "mtime_ns": job.mtime_ns,
-        "status": result.status, "error": result.error, "warning": result.warning,
-        "settings": settings, "n_events": len(result.events),
-        # not rounded: the combined Raven table adds up the durations of the files
-        "audio_s": result.audio_s, "sample_rate": result.sample_rate,
-        "wall_s": round(result.wall_s, 3),
-        "start_unix": start.unix, "time_source": start.source, "time_note": start.note,
-        "device_id": start.device_id,
-        "tz_offset_s": start.tz_offset.total_seconds() if start.tz_offset is not None else None,
-        "analysed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        # compact: label, start_s, end_s, confidence max, mean
-        "events": [[e.label, e.start_s, e.end_s, float(e.confidence_max),
-                    float(e.confidence_mean)] for e in result.events],
-        "clips": result.clips,  # per event, relative to settings["clips"]["dir"]
-    }
-
-
-def _is_done(entry: dict[str, Any] | None, job: Job, settings: dict[str, Any]) -> bool:
-    return bool(entry) and entry.get("status") == "ok" and entry.get("size") == job.size \
-        and entry.get("mtime_ns") == job.mtime_ns and entry.get("file") == job.rel \
-        and entry.get("settings") == settings and all(p.is_file() for p in _clip_paths(entry))
-
-
-def _clip_paths(entry: dict[str, Any]) -> list[Path]:
-    clips = (entry.get("settings") or {}).get("clips")
-    return [Path(clips["dir"]) / name for name in entry.get("clips") or []] if clips else []
-
-
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
     """One `analyze` per output folder: two would interleave manifest lines."""
@@ -378,18 +329,18 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
     with _lock(out):
         manifest = out / MANIFEST
         latest = read_manifest(manifest)
-        todo = [j for j in jobs if cfg.force or not _is_done(latest.get(j.path), j, settings)]
+        todo = [j for j in jobs if cfg.force or not is_done(latest.get(j.path), j, settings)]
         summary.skipped = len(jobs) - len(todo)
         if summary.skipped:
             log.info("%d of %d files already analysed with these settings (manifest %s); "
                      "--force analyses them again", summary.skipped, len(jobs), manifest)
-        _remove_old_clips([latest[j.path] for j in todo if j.path in latest], settings)
+        remove_old_clips([latest[j.path] for j in todo if j.path in latest], settings)
         workers = min(cfg.workers or os.cpu_count() or 1, max(1, len(todo)))
         progress = Progress(len(todo), cfg.progress)
         try:
             with open(manifest, "a", encoding="utf-8") as fh:
                 for result in _run(todo, workers, model, cfg.model, file_settings):
-                    entry = _entry(result, settings)
+                    entry = manifest_entry(result, settings)
                     fh.write(json.dumps(entry, separators=(",", ":")) + "\n")
                     fh.flush()  # a crash loses at most the file being analysed
                     latest[result.job.path] = entry
@@ -431,17 +382,6 @@ def window_hop(card: ModelCard, hop_s: float | None, overlap_s: float | None) ->
     except UserError as err:
         raise UserError(f"--overlap/--model-hop-s: {err}") from None
     return hop
-
-
-def _remove_old_clips(entries: Sequence[dict[str, Any]], settings: dict[str, Any]) -> None:
-    """The clips of files analysed again, when they lie where this run writes its clips:
-    their names (detection times) may change, and an orphan clip would match no row."""
-    now = settings["clips"]
-    for entry in entries:
-        old = (entry.get("settings") or {}).get("clips")
-        if now and old and old.get("dir") == now["dir"]:
-            for path in _clip_paths(entry):
-                path.unlink(missing_ok=True)
 
 
 def _check_table_names(jobs: Sequence[Job]) -> None:

@@ -155,18 +155,22 @@ def make_sinks(cfg: RuntimeConfig, model: TFLiteModel,
     """The outputs `cfg` asks for: MQTT (or stdout), then clips; `keep`: the labels this
     site reports (None: every label)."""
     d = cfg.device
-    to_message = message_builder(model.card, cfg.device_id, d.site, d.lat, d.lon)
-    sinks: list[Sink] = []
+    recorder = None
     if cfg.clips.dir:  # first: a clips.dir that cannot be created is a user error before connecting
-        from edge_runtime.sinks.clips import ClipRecorder
+        from edge_runtime.sinks.clips import clip_recorder
 
-        c = cfg.clips
-        sinks.append(ClipRecorder(c.dir, model.card.sample_rate, c.pre_s, c.post_s, c.max_files,
-                                  c.max_mb, cfg.model.max_duration_s))
+        recorder = clip_recorder(cfg, model.card.sample_rate)
+    # with clips, detection schema 2: each message names its clip (edge_runtime/message.py)
+    to_message = message_builder(model.card, cfg.device_id, d.site, d.lat, d.lon,
+                                 clip=recorder.reference if recorder else None)
+    sinks: list[Sink] = [recorder] if recorder else []
     if cfg.mqtt.enabled:
         from edge_runtime.sinks.mqtt import open_mqtt_sink
 
-        sinks.insert(0, open_mqtt_sink(cfg, to_message))
+        mqtt_sink = open_mqtt_sink(cfg, to_message)
+        sinks.insert(0, mqtt_sink)
+        if recorder and cfg.clips.mqtt:
+            recorder.on_written = mqtt_sink.send_clip
     else:
         from edge_runtime.sinks.print import PrintSink
 

@@ -140,6 +140,12 @@ class ClipsConfig:
     max_files: int = setting(500, help="oldest clips are deleted beyond this many", min=1)
     max_mb: float = setting(200.0, help="oldest clips are deleted beyond this size", gt=0,
                             unit="MB")
+    mqtt: bool = setting(False, help="also send each clip over MQTT on <prefix>/<device>/"
+                                     "clips/<event_id> (after every detection, via the outbox)")
+    max_clip_kb: float = setting(256.0, help="clips larger than this are not sent over MQTT "
+                                             "(counted as dropped)", gt=0, unit="kB")
+    max_kbps: float = setting(64.0, help="mean rate of clips over MQTT; 0 = unlimited",
+                              min=0, unit="kbit/s")
 
 
 @dataclass

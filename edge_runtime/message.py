@@ -1,15 +1,32 @@
-"""The wire format of a detection (schemas/detection.schema.json): what a `Detection` looks like
-to the world, whoever carries it (MQTT, stdout). Nothing here sends anything.
+"""The wire format of a detection (schemas/detection.schema.json) and of its clip
+(schemas/clip.schema.json): what a `Detection` looks like to the world, whoever carries it
+(MQTT, stdout). Nothing here sends anything.
 
 * `event_id`: sha256(device, model sha256, label, absolute onset sample)[:16], stable across
   resends and re-runs of the same recording with the same start time.
 * `detection_message`: the JSON object, without `published_at`.
 * `stamp_published`: the message as the text that leaves the device, `published_at` set to
   the hand-over time (the outbox stores the message unstamped; each hand-over stamps it).
+* Versions: schema 1 when the device records no clips (byte for byte what it always sent);
+  schema 2 when it does, with a `clip` object {file, format, offset_s, duration_s[, topic]}.
+* `clip_message`: the clip's bytes (base64) and their sha256, on `<prefix>/<device>/clips/
+  <event_id>`.
+
+Why the detection carries no sha256 of its clip: the clip ends `post_s` after the event, so
+its bytes exist only `post_s` (1 s by default) plus up to one audio block after the detection
+could be sent. Holding the detection for them would add that to every call-end -> MQTT time:
+the ring-buffered runtime measures 0.69 s median / 1.61 s max at hop 1 s (benchmarks/
+RESULTS.md), so the median would become ~1.7 s and the <= 1 s target would be missed for
+every detection, to attach a hash that only matters once the clip itself arrives. Instead the
+detection names the clip by its deterministic file name (onset, label, event_id: all known
+when the event closes) and gives its offset and duration (fixed by pre_s/post_s); the clip
+message, sent later, carries the bytes with their sha256, which the subscriber verifies and
+stores next to the detection's row.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -22,9 +39,12 @@ from edge_runtime.contract.times import iso_utc
 if TYPE_CHECKING:  # detect.py imports event_id from here
     from edge_runtime.detect import Detection
 
-DETECTION_SCHEMA = 1
+DETECTION_SCHEMA = 1  # no clip: unchanged since the first release
+DETECTION_SCHEMA_WITH_CLIP = 2
+CLIP_SCHEMA = 1
 
 ToMessage = Callable[["Detection"], dict[str, Any]]
+ClipReference = Callable[["Detection"], dict[str, Any]]  # Detection -> the `clip` object
 
 
 def event_id(device_id: str, model_sha256: str, label: str, onset_sample: int) -> str:
@@ -33,11 +53,13 @@ def event_id(device_id: str, model_sha256: str, label: str, onset_sample: int) -
 
 
 def detection_message(d: Detection, card: ModelCard, device_id: str, site: str = "",
-                      lat: float | None = None, lon: float | None = None) -> dict[str, Any]:
+                      lat: float | None = None, lon: float | None = None,
+                      clip: ClipReference | None = None) -> dict[str, Any]:
     """The JSON message of schemas/detection.schema.json (without published_at, which is
-    stamped when the message is handed to the broker or printed)."""
+    stamped when the message is handed to the broker or printed): version 1, or version 2
+    with `clip(d)` as its `clip` object when the device records clips."""
     msg: dict[str, Any] = {
-        "schema": DETECTION_SCHEMA,
+        "schema": DETECTION_SCHEMA if clip is None else DETECTION_SCHEMA_WITH_CLIP,
         "event_id": d.event_id,
         "device_id": device_id,
         "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
@@ -51,14 +73,25 @@ def detection_message(d: Detection, card: ModelCard, device_id: str, site: str =
         msg["location"] = {"lat": lat, "lon": lon}
     if site:
         msg["site"] = site
+    if clip is not None:
+        msg["clip"] = clip(d)
     return msg
 
 
 def message_builder(card: ModelCard, device_id: str, site: str = "", lat: float | None = None,
-                    lon: float | None = None) -> ToMessage:
+                    lon: float | None = None, clip: ClipReference | None = None) -> ToMessage:
     """`detection_message` with this device's fixed fields bound: Detection -> message."""
     return partial(detection_message, card=card, device_id=device_id, site=site, lat=lat,
-                   lon=lon)
+                   lon=lon, clip=clip)
+
+
+def clip_message(event_id: str, device_id: str, file: str, data: bytes,
+                 fmt: str = "wav") -> dict[str, Any]:
+    """The JSON message of schemas/clip.schema.json (without published_at): the clip file's
+    bytes as base64, with their sha256."""
+    return {"schema": CLIP_SCHEMA, "event_id": event_id, "device_id": device_id, "file": file,
+            "format": fmt, "sha256": hashlib.sha256(data).hexdigest(),
+            "data": base64.b64encode(data).decode("ascii")}
 
 
 def stamp_published(message: dict[str, Any] | str, now: float) -> str:

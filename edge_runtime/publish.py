@@ -8,6 +8,12 @@ MQTT (paho-mqtt 2.x, MQTT 3.1.1):
   At most `max_inflight` messages are handed to paho at a time, in outbox order; the rest
   wait on disk, so a week without a broker costs disk, not RAM. Messages paho already holds
   are re-sent by paho itself after a reconnect, so nothing is handed over twice.
+* clips (optional, `publish_clip`): `<prefix>/<device>/clips/<event_id>`, QoS 1, through the
+  same outbox (its own table, at most half its disk budget, evicted before a detection is
+  refused). Detections always go first: a clip is handed to paho only when no stored
+  detection waits, one at a time, paced to `clip_bytes_per_s`; a clip over `clip_max_bytes`
+  or beyond the outbox's clip budget is dropped and counted (`clips_dropped`), never queued
+  in front of a detection.
 * availability: `<prefix>/<device>/status`, retained, the plain strings "online" (published
   on every connect) and "offline" (the last will, registered before connecting, and
   published explicitly on a clean exit).
@@ -34,10 +40,11 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from edge_runtime.contract.times import iso_utc
-from edge_runtime.message import stamp_published
+from edge_runtime.message import clip_message, stamp_published
 from edge_runtime.mqtt_client import (
     ConnectionMonitor,
     MqttConfig,
@@ -53,6 +60,7 @@ from edge_runtime.outbox import FULL, STORED, Outbox
 log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = 1
+DETECTION, CLIP = "detection", "clip"  # the two kinds of outbox row
 
 
 class Publisher(Protocol):
@@ -95,7 +103,12 @@ class PrintPublisher:
 def topics(cfg: MqttConfig, device_id: str) -> dict[str, str]:
     base = f"{cfg.topic_prefix}/{device_id}"
     return {"detections": f"{base}/detections", "status": f"{base}/status",
-            "stats": f"{base}/status/stats"}
+            "stats": f"{base}/status/stats", "clips": f"{base}/clips"}
+
+
+def clip_topic(cfg: MqttConfig, device_id: str, event_id: str) -> str:
+    """Where the clip of `event_id` is published."""
+    return f"{topics(cfg, device_id)['clips']}/{event_id}"
 
 
 def device_client(cfg: MqttConfig, device_id: str, password: str | None, suffix: str = ""):
@@ -110,8 +123,13 @@ class MqttPublisher:
     """Outbox-backed MQTT publisher (see the module docstring)."""
 
     def __init__(self, cfg: MqttConfig, device_id: str, outbox: Outbox,
-                 password: str | None = None):
+                 password: str | None = None, clip_max_bytes: int = 256 * 1024,
+                 clip_bytes_per_s: float = 0.0, clock: Callable[[], float] = time.monotonic):
+        """`clip_max_bytes`: larger clip files are not sent; `clip_bytes_per_s`: clips are
+        paced to this mean rate (0 = unpaced); `clock` (monotonic seconds) paces them."""
         self.cfg, self.device_id, self.outbox = cfg, device_id, outbox
+        self.clip_max_bytes, self.clip_bytes_per_s, self.clock = (clip_max_bytes,
+                                                                   clip_bytes_per_s, clock)
         self.topics = topics(cfg, device_id)
         self.address = broker_address(cfg)
         self.client = device_client(cfg, device_id, password)
@@ -122,13 +140,17 @@ class MqttPublisher:
                 ("connected", None)), on_lost=self._on_lost,
             consequence="detections are kept in the outbox")
         self.client.on_publish = self._on_publish
-        self._inflight: dict[int, int] = {}  # paho message id -> outbox seq
+        self._inflight: dict[int, tuple[str, int]] = {}  # paho mid -> (DETECTION|CLIP, seq)
         self._last_seq = 0  # highest outbox seq handed to paho by this process
+        self._last_clip_seq = 0  # the same for clips
+        self._next_clip_at = 0.0  # clock time before which no clip is handed over (pacing)
         self._connected = False  # as the sender thread sees it (events in order)
         self._last_stats: dict[str, Any] | None = None
         self.published = 0  # acknowledged by the broker
         self.connects = 0
         self.stored = 0
+        self.clips_sent = 0  # acknowledged by the broker
+        self.clips_too_large = 0
         self._sender = threading.Thread(target=self._sender_main, name="mqtt-sender", daemon=True)
 
     # ---------------------------------------------------------------- lifecycle
@@ -141,8 +163,9 @@ class MqttPublisher:
         self._sender.start()
 
     def close(self, timeout_s: float) -> int:
+        """Deliver detections, then clips, within `timeout_s`; the detections left over."""
         deadline = time.monotonic() + timeout_s
-        while self.outbox.depth and time.monotonic() < deadline:
+        while (self.outbox.depth or self.outbox.clip_depth) and time.monotonic() < deadline:
             self._events.put(("poke", None))
             time.sleep(0.05)
         remaining = self.outbox.depth
@@ -159,6 +182,9 @@ class MqttPublisher:
             log.warning("%d detection(s) not yet acknowledged by %s stay in the outbox (%s) "
                         "and are sent on the next start", remaining, self.address,
                         self.outbox.path)
+        if self.outbox.clip_depth:
+            log.info("%d clip(s) not yet sent stay in the outbox for the next start",
+                     self.outbox.clip_depth)
         return remaining
 
     # ---------------------------------------------------------------- detector side
@@ -174,6 +200,21 @@ class MqttPublisher:
             log.info("detection %s was already stored or acknowledged: not sent again",
                      message["event_id"])
 
+    def publish_clip(self, event_id: str, file: str, data: bytes, fmt: str = "wav") -> str:
+        """Queue a clip file's bytes behind every detection: STORED, DUPLICATE or FULL
+        (dropped: too large, or no room in the outbox's clip budget)."""
+        if len(data) > self.clip_max_bytes:
+            self.clips_too_large += 1
+            log.warning("clip %s not sent: %.0f kB is over clips.max_clip_kb (%.0f kB)", file,
+                        len(data) / 1024, self.clip_max_bytes / 1024)
+            return FULL
+        message = clip_message(event_id, self.device_id, file, data, fmt)
+        result = self.outbox.add_clip(event_id, clip_topic(self.cfg, self.device_id, event_id),
+                                      json.dumps(message, sort_keys=True))
+        if result == STORED:
+            self._events.put(("new", None))
+        return result
+
     def status(self, stats: dict[str, Any]) -> None:
         self._events.put(("stats", stats))
 
@@ -181,7 +222,9 @@ class MqttPublisher:
         return {"outbox_depth": self.outbox.depth, "outbox_bytes": self.outbox.bytes_used,
                 "outbox_full": self.outbox.full, "events_lost": self.outbox.lost,
                 "published": self.published, "connected": self._connected,
-                "connects": self.connects, "connection_problem": self.connection.problem}
+                "connects": self.connects, "connection_problem": self.connection.problem,
+                "clips_waiting": self.outbox.clip_depth, "clips_sent": self.clips_sent,
+                "clips_dropped": self.outbox.clips_dropped + self.clips_too_large}
 
     # ---------------------------------------------------------------- paho callbacks (network thread)
     def _on_lost(self, reason_code) -> None:
@@ -214,10 +257,13 @@ class MqttPublisher:
     def _handle(self, events: list[tuple[str, Any]]) -> None:
         for kind, value in events:
             if kind == "ack":
-                seq = self._inflight.pop(value, None)
-                if seq is not None:
+                what, seq = self._inflight.pop(value, ("", 0))
+                if what == DETECTION:
                     self.outbox.ack(seq)
                     self.published += 1
+                elif what == CLIP:
+                    self.outbox.ack_clip(seq)
+                    self.clips_sent += 1
             elif kind == "connected":
                 self._connected = True
                 self.connects += 1
@@ -243,23 +289,47 @@ class MqttPublisher:
                             retain=True)
 
     def _fill(self) -> None:
-        """Hand the next outbox rows to paho, in order, up to max_inflight at a time."""
-        from paho.mqtt.client import MQTTErrorCode
+        """Hand the next outbox rows to paho, in order, up to max_inflight at a time; a clip
+        only once every stored detection has been handed over."""
+        if self._fill_detections():
+            self._fill_clip()
 
+    def _fill_detections(self) -> bool:
+        """True when no stored detection is left to hand over."""
         while self._connected and len(self._inflight) < self.cfg.max_inflight:
             rows = self.outbox.pending(self._last_seq, self.cfg.max_inflight - len(self._inflight))
             if not rows:
-                return
+                return True
             for seq, topic, payload in rows:
-                stamped = stamp_published(payload, time.time())
-                info = self.client.publish(topic, stamped, qos=1, retain=False)
-                if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                    log.warning("MQTT: publish of outbox row %d failed (%s); retrying later",
-                                seq, info.rc)
-                    return
-                # NO_CONN: paho keeps the message and sends it after the reconnect
-                self._inflight[info.mid] = seq
+                if not self._hand_over(DETECTION, seq, topic, payload):
+                    return False
                 self._last_seq = seq
+        return False
+
+    def _fill_clip(self) -> None:
+        """One clip at a time, paced: a large clip never sits in front of many detections."""
+        if (not self._connected or len(self._inflight) >= self.cfg.max_inflight
+                or any(what == CLIP for what, _ in self._inflight.values())
+                or self.clock() < self._next_clip_at):
+            return
+        rows = self.outbox.pending_clips(self._last_clip_seq, 1)
+        if rows and self._hand_over(CLIP, *rows[0]):
+            self._last_clip_seq = rows[0][0]
+            if self.clip_bytes_per_s > 0:
+                self._next_clip_at = self.clock() + len(rows[0][2]) / self.clip_bytes_per_s
+
+    def _hand_over(self, what: str, seq: int, topic: str, payload: str) -> bool:
+        from paho.mqtt.client import MQTTErrorCode
+
+        info = self.client.publish(topic, stamp_published(payload, time.time()), qos=1,
+                                   retain=False)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning("MQTT: publish of outbox %s %d failed (%s); retrying later", what, seq,
+                        info.rc)
+            return False
+        # NO_CONN: paho keeps the message and sends it after the reconnect
+        self._inflight[info.mid] = (what, seq)
+        return True
 
 
 def check_broker(cfg: MqttConfig, device_id: str, password: str | None,

@@ -44,7 +44,8 @@ def card(tmp_path):
         files.append(AnalysedFile(str(path), rel, duration, RATE))
     f1, _, f3 = files
     rows = [
-        EventRow(f3.file, f3.rel, "owl", 0.5, 1.25, 0.9, 0.7, "2025-06-03T23:00:00.500Z", "guano"),
+        EventRow(f3.file, f3.rel, "owl", 0.5, 1.25, 0.9, 0.7, "2025-06-03T23:00:00.500Z", "guano",
+                 "20250604/20250604_010000_0.500s-1.250s_owl.wav"),
         EventRow(f1.file, f1.rel, "frog", 1.5, 2.75, 0.8125, 0.5, "2025-06-03T19:00:01.500Z",
                  "audiomoth-comment"),
         EventRow(f1.file, f1.rel, "owl", 0.25, 1.0, 0.625, 0.6, "", "unknown"),
@@ -91,6 +92,7 @@ def test_combined_table_counts_time_across_the_sequence(card):
     assert [b["Time Source"] for b in body] == ["unknown", "audiomoth-comment", "guano"]
     assert body[1]["Start UTC"] == "2025-06-03T19:00:01.500Z" and body[0]["Start UTC"] == ""
     assert {b["High Freq (Hz)"] for b in body} == {"8000"}
+    assert [b["Clip"] for b in body] == ["", "", "20250604/20250604_010000_0.500s-1.250s_owl.wav"]
 
 
 def test_combined_list_names_every_file_in_order(card, tmp_path):
@@ -162,6 +164,7 @@ def test_csv_and_parquet_parse_back(card, tmp_path):
             assert float(c[k]) == p[k] == getattr(r, k)
         assert c["start_utc"] == (p["start_utc"] or "") == r.start_utc
         assert c["time_source"] == p["time_source"] == r.time_source
+        assert c["clip"] == (p["clip"] or "") == r.clip
 
 
 def test_parquet_without_pyarrow_names_the_extra(card, tmp_path, monkeypatch):

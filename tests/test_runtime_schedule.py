@@ -9,14 +9,17 @@ across both DST changes of Europe/Berlin) take a moment. The label lists run thr
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 from conftest import burst_audio, regular_bursts
 
+import edge_runtime.contract
 from edge_runtime.audio import Source
 from edge_runtime.cli import build_parser, main, run
 from edge_runtime.config import flag_overrides, load_config
@@ -39,7 +42,7 @@ class FakeClock:
 
     def __init__(self, start: datetime, end: datetime, health=None):
         self.t, self.end, self.health = start, end, health
-        self.asleep: list[dict] = []  # health file snapshots taken during sleeps
+        self.asleep: list[dict] = []  # health file snapshots taken in the first sleeps
         self.lock = threading.Lock()
 
     def now(self) -> datetime:
@@ -51,7 +54,7 @@ class FakeClock:
             self.t += timedelta(seconds=seconds)
 
     def sleep(self, seconds: float, stop: threading.Event) -> bool:
-        if self.health is not None and self.health.exists():
+        if self.health is not None and self.health.exists() and len(self.asleep) < 5:
             self.asleep.append(json.loads(self.health.read_text()))
         self.advance(seconds)
         if self.now() >= self.end:
@@ -76,6 +79,14 @@ class FakeMic(Source):
             self.log["reads"].append(read_at)
             put(np.zeros((1600, 1), np.float32))
         self.log["closed"].append(self.clock.now())
+
+
+def validate_stats(key: str, value: dict) -> None:
+    """`value` against the status schema's description of stats[key]."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(edge_runtime.contract.__file__).parent / "schemas" /
+                         "status.schema.json").read_text())
+    jsonschema.validate(value, schema["properties"][key])
 
 
 def config(*flags: str):
@@ -118,6 +129,7 @@ def test_no_audio_is_read_outside_windows_across_midnight(energy_model, tmp_path
     assert first["state"] == "sleeping until 2025-06-03T21:00+02:00"
     assert health["status"] == "stopped" and health["stalls"] == 0
     assert health["schedule"]["windows"] == ["21:00-05:00"]
+    validate_stats("schedule", first)
 
 
 @pytest.mark.parametrize("start, end, nights", [
@@ -140,6 +152,7 @@ def test_windows_follow_the_wall_clock_across_dst(energy_model, tmp_path, start,
 
 
 def test_a_file_is_not_scheduled_unless_asked(energy_model, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="edge_runtime")
     wav = tmp_path / "a.wav"
     write_wav(wav, burst_audio(4.0, regular_bursts(4.0)), 16000)
     flags = ["--no-mqtt", "--model", str(energy_model), "--input", str(wav),
@@ -181,6 +194,7 @@ def test_a_denied_label_never_appears_in_the_output(energy_model, wav, tmp_path,
     assert "suppressed ([labels]): very_loud" in err
     stats = json.loads(health.read_text())["labels"]
     assert stats["suppressed"] == ["very_loud"] and stats["suppressed_detections"] == 2
+    validate_stats("labels", stats)
     code, events, _ = detect(capsys, energy_model, wav, "--labels-allow", "very_loud")
     assert code == 0 and len(events) == 2 and {e["label"] for e in events} == {"very_loud"}
 
@@ -216,3 +230,29 @@ def test_check_reports_schedule_and_label_lists(energy_model, wav, capsys):
     assert main(["--check", "--no-mqtt", "--model", str(energy_model), "--input", str(wav),
                  "--labels-allow", "quiet"]) == 1
     assert "[FAIL] label lists: labels.allow: 'quiet' is not a label" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------- the watchdog asleep
+def test_the_watchdog_is_ready_and_fed_while_asleep_and_gives_a_woken_source_time(tmp_path):
+    from test_watchdog import FakeClock as Monotonic
+    from test_watchdog import NotifySocket, make
+
+    notify = NotifySocket(str(tmp_path / "n.sock")[-100:] if len(str(tmp_path)) < 90
+                          else f"@meerkit-{id(tmp_path)}")
+    try:
+        clock = Monotonic()
+        wd = make(notify, clock, stall_s=10.0)  # live source, WatchdogSec = 10 s
+        wd.sleep("sleeping until 21:00")  # started outside a window
+        assert notify.messages()[0].splitlines() == ["READY=1", "STATUS=sleeping until 21:00"]
+        for _ in range(200):  # 1000 s without audio: asleep, so no stall, and fed on time
+            clock.advance(5)
+            assert wd.check() is None
+        sent = notify.messages()
+        assert sent.count("WATCHDOG=1") == 200 and wd.status == "sleeping"
+        wd.wake()  # the window opens: the new input gets stall_s to deliver
+        clock.advance(9)
+        assert wd.check() is None and wd.status == "ok"
+        clock.advance(1)
+        assert wd.check().kind == "no_audio"  # then silence is a stall again
+    finally:
+        notify.close()

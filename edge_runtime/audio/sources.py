@@ -178,11 +178,16 @@ def recording_start(path: str | Path, local_tz: str | None = None) -> datetime:
     """`audio.start_time = "filename"`: the first sample's UTC time from the recorder's header
     (AudioMoth comment, GUANO), else its name (`20240131_235959.WAV`, UTC unless `local_tz`),
     by `contract.recorder.recording_start`, the rules `meerkit analyze` uses too."""
+    if not Path(path).is_file():  # the microphone, stdin, or a typo
+        raise UserError(f"audio.start_time = \"filename\" needs an audio file as audio.input; "
+                        f"{path} is not one")
     start = recorder.recording_start(path, local_tz=local_tz)
     if start.utc is None:
-        raise UserError(f"{path}: audio.start_time = \"filename\" needs a recorder header "
-                        f"(AudioMoth comment, GUANO) or a name like 20240131_235959.WAV "
-                        f"({start.note})")
+        # recording_start's note names batch flags when nothing was found: say it our way
+        why = start.note if start.note.startswith("GUANO") else "it has neither"
+        raise UserError(f"{path}: audio.start_time = \"filename\" needs a name like "
+                        f"20240131_235959.WAV or a recorder header (AudioMoth comment, GUANO); "
+                        f"{why}")
     return start.utc
 
 
