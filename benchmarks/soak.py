@@ -1,9 +1,9 @@
 """Soak benchmark: an accelerated hour through the real `edge-runtime` with the broker
 flapping and one SIGKILL, counting what a subscriber receives (issue 12, item 8).
 
-    python benchmarks/soak.py                          # 60 min of audio at 10x: ~7 min wall
+    python benchmarks/soak.py                          # 60 min of audio at 10x: ~6.5 min wall
     python benchmarks/soak.py --audio-minutes 5 --speed 20 --out /tmp/soak
-    python benchmarks/soak.py --model student-int8.tflite   # any carded model (calls may not match)
+    python benchmarks/soak.py --model energy.tflite    # skip the tensorflow build (same model)
 
 What runs, all real and on loopback: mosquitto (persistence on) started here; `edge-runtime`
 as a subprocess reading s16le PCM on stdin with `--audio-stdin-pace block` (nothing dropped:

@@ -182,7 +182,8 @@ def make_sinks(cfg: RuntimeConfig, model: TFLiteModel,
 def label_filter(cfg: RuntimeConfig, model: TFLiteModel) -> LabelFilter:
     """`[labels]` checked against the card: a name the model does not have is a user error."""
     return LabelFilter.from_config({"allow": list(cfg.labels.allow),
-                                    "deny": list(cfg.labels.deny)}, model.card.labels)
+                                    "deny": list(cfg.labels.deny)}, model.card.labels,
+                                   where=f"{cfg.source}: labels")
 
 
 def active_schedule(cfg: RuntimeConfig) -> Schedule | None:
@@ -226,7 +227,10 @@ def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None, *,
     open_source = open_source or source_opener(cfg, card.sample_rate)
     # A microphone or a live pipe should never end: if it does, or stalls, exit non-zero
     # so that systemd restarts the recorder. A file (even paced in real time) just ends.
-    first = None if schedule is not None and not schedule.active(clock.now()) else open_source()
+    # Opened now: a file or stdin (once for the run), and the microphone of an unscheduled
+    # run (a missing device is an error before connecting). A scheduled microphone is opened
+    # by each window, never while the recorder sleeps.
+    first = None if schedule is not None and cfg.audio.input == "mic" else open_source()
     endless = cfg.audio.input == "mic" or (isinstance(first, StdinSource) and first.live)
     log.info("model: %s", model.describe())
     if suppressed_text(cfg, model):

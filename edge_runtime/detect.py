@@ -242,7 +242,10 @@ class Progress(Protocol):
 
 
 class Pipeline:
-    """Runs a source in a capture thread and detection in an inference thread."""
+    """Runs a source and detection: a live source in a capture thread feeding an inference
+    thread through the ring buffer; a source that is not live (a file, a blocking pipe) inline
+    in the inference thread, with no hand-off per block (nothing to keep up with, so nothing a
+    second thread would buy but lock traffic and GIL switches)."""
 
     def __init__(self, source: Source, conformer: Conformer, detector: Detector, output: Output,
                  buffer_s: float = 30.0, max_clock_drift_s: float = 0.2, drift_blocks: int = 50,
@@ -252,24 +255,39 @@ class Pipeline:
         self.max_clock_drift_s, self.drift_blocks = max_clock_drift_s, drift_blocks
         self.reanchors = 0
         self.output = output
+        self.inline = not source.live
         self.ring = RingBuffer(round(buffer_s * source.sample_rate), wait_when_full=not source.live,
                                clock=clock)
+        self.clock = clock
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.busy_s = 0.0  # inference-thread time spent processing (not waiting)
         self.detections = 0
         self.started_at = time.monotonic()
+        # per-block state of the inference side
+        self._ratio = detector.card.sample_rate / source.sample_rate
+        self._clocked = bool(getattr(source, "clocked", False))  # test sources may lack it
+        self._expected = 0  # source index of the next contiguous block
+        self._model_index = 0  # model-rate index of the conformer's next output sample
+        self._offset = 0  # source frames added to capture indices to follow the wall clock
+        self._lags: deque[float] = deque(maxlen=drift_blocks)
+        self._read = 0  # source frames read (inline: the capture index)
+        self._failed = False  # the inference side raised (inline: not the source's error)
         self._capture = threading.Thread(target=self._capture_main, name="capture", daemon=True)
-        self._infer = threading.Thread(target=self._infer_main, name="inference", daemon=True)
+        self._infer = threading.Thread(target=self._inline_main if self.inline
+                                       else self._infer_main, name="inference", daemon=True)
 
     def start(self) -> None:
         self.started_at = time.monotonic()
-        self._capture.start()
+        if not self.inline:
+            self._capture.start()
         self._infer.start()
 
     def stop(self) -> None:
         """Stop capturing; the inference thread finishes what was captured, then ends."""
         self.stop_event.set()
+        if self.inline:  # the source sees the event before its next read
+            return
         # A capture thread blocked in a read (stdin) cannot be interrupted: end the buffer.
         self._capture.join(timeout=1.0)
         self.ring.close()
@@ -306,20 +324,31 @@ class Pipeline:
             self.stop_event.set()
             self.ring.close()
 
+    def _inline_main(self) -> None:
+        try:
+            try:
+                self.source.run(self._take, self.stop_event)
+            except BaseException as err:
+                if self._failed:
+                    raise
+                self.error = err  # the source's: what it delivered is still finished
+            self._finish()
+        except BaseException as err:
+            self.error = err
+            self.stop_event.set()
+
+    def _take(self, block: np.ndarray) -> None:
+        """Inline: one block from the source, processed at once."""
+        if self.progress is not None:
+            self.progress.audio_received(len(block))
+        start, self._read = self._read, self._read + len(block)
+        try:
+            self._process(start, block, 0.0)
+        except BaseException:
+            self._failed = True
+            raise
+
     def _infer_loop(self) -> None:
-        conf, det = self.conformer, self.detector
-        rate = self.source.sample_rate
-        ratio = det.card.sample_rate / rate
-        expected = 0  # source index of the next contiguous block
-        model_index = 0  # model-rate index of the conformer's next output sample
-        # A sound card's clock is not the system clock (tens of ppm: seconds per day).
-        # Event times come from the sample count, so for clocked sources the lag between
-        # block arrival and its predicted time is watched; its minimum over `drift_blocks`
-        # blocks (scheduling only ever delays arrivals) beyond `max_clock_drift_s` shifts
-        # the index, i.e. starts a new segment on the wall clock's time.
-        clocked = getattr(self.source, "clocked", False)
-        offset = 0  # source frames added to capture indices to follow the wall clock
-        lags: deque[float] = deque(maxlen=self.drift_blocks)
         while True:
             try:
                 item = self.ring.get(timeout=0.5)
@@ -327,31 +356,44 @@ class Pipeline:
                 continue
             if item is None:
                 break
-            start, block, wall = item
-            t0 = time.perf_counter()
-            if clocked:
-                lags.append(wall - det.start_time - (start + offset + len(block)) / rate)
-                if len(lags) == lags.maxlen and abs(min(lags)) > self.max_clock_drift_s:
-                    log.info("audio clock is %+.3f s off the system clock: re-anchoring event "
-                             "times (new segment)", min(lags))
-                    offset += round(min(lags) * rate)
-                    self.reanchors += 1
-                    lags.clear()
-            start += offset
-            if start != expected:  # audio was dropped (or re-anchored): close the segment
-                self._push(conf.flush(), model_index)
-                model_index = round(start * ratio)
-                conf.reset()
-            expected = start + len(block)
-            mono = conf.process(block)
-            self._push(mono, model_index)
-            model_index += len(mono)
-            self.busy_s += time.perf_counter() - t0
-            if self.progress is not None:
-                self.progress.audio_processed(len(block))
+            self._process(*item)
+        self._finish()
+
+    def _process(self, start: int, block: np.ndarray, wall: float) -> None:
         t0 = time.perf_counter()
-        self._push(conf.flush(), model_index)
-        self._emit(det.flush())
+        det, rate = self.detector, self.source.sample_rate
+        # A sound card's clock is not the system clock (tens of ppm: seconds per day).
+        # Event times come from the sample count, so for clocked sources the lag between
+        # block arrival and its predicted time is watched; its minimum over `drift_blocks`
+        # blocks (scheduling only ever delays arrivals) beyond `max_clock_drift_s` shifts
+        # the index, i.e. starts a new segment on the wall clock's time.
+        if self._clocked:
+            lags = self._lags
+            lags.append(wall - det.start_time - (start + self._offset + len(block)) / rate)
+            if len(lags) == lags.maxlen and abs(min(lags)) > self.max_clock_drift_s:
+                log.info("audio clock is %+.3f s off the system clock: re-anchoring event "
+                         "times (new segment)", min(lags))
+                self._offset += round(min(lags) * rate)
+                self.reanchors += 1
+                lags.clear()
+        start += self._offset
+        conf = self.conformer
+        if start != self._expected:  # audio was dropped (or re-anchored): close the segment
+            self._push(conf.flush(), self._model_index)
+            self._model_index = round(start * self._ratio)
+            conf.reset()
+        self._expected = start + len(block)
+        mono = conf.process(block)
+        self._push(mono, self._model_index)
+        self._model_index += len(mono)
+        self.busy_s += time.perf_counter() - t0
+        if self.progress is not None:
+            self.progress.audio_processed(len(block))
+
+    def _finish(self) -> None:
+        t0 = time.perf_counter()
+        self._push(self.conformer.flush(), self._model_index)
+        self._emit(self.detector.flush())
         self.busy_s += time.perf_counter() - t0
 
     def _push(self, mono: np.ndarray, at: int) -> None:

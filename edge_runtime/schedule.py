@@ -2,10 +2,13 @@
 
     [schedule]
     timezone = "Europe/Berlin"       # the site's zone: windows are local wall-clock times
-    lat = 52.52                      # needed for sun windows
-    lon = 13.40
     windows = ["21:00-05:00", "sunrise-30m..sunrise+2h", "sunset..sunset+1h30m"]
     polar = "skip"                   # or "all-day"
+
+In edge-runtime (edge_runtime.config.ScheduleConfig) sun windows use `[device]` lat/lon, and
+`edge_runtime.recording` runs one listening period per window (`run_scheduled` below): the
+microphone is opened when a window opens and closed when it ends. `Schedule.from_config` also
+takes `lat`/`lon` keys for other callers.
 
 A window is `HH:MM-HH:MM` (fixed local times; `24:00` ends at midnight) or `A..B` where each
 end is `HH:MM` or `sunrise`/`sunset`/`dawn`/`dusk` (civil twilight) with an optional offset

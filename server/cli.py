@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 
 from edge_runtime.contract.settings import flag_name, from_mapping, help_text
 from edge_runtime.mqtt_client import MqttConfig
+from server.validate import MAX_CLIP_PAYLOAD
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ examples:
 
 Subscribes to <prefix>/+/detections (QoS 1; with --group NAME the shared subscription
 $share/NAME/<prefix>/+/detections, so several subscribers split the stream), validates every
-payload (schemas/detection.schema.json plus real dates, finite numbers, end >= start,
-duration), stores each event_id once and acknowledges a message only after it is committed.
+payload (schemas/detection.schema.json, versions 1 and 2, plus real dates, finite numbers,
+end >= start, duration), stores each event_id once and acknowledges a message only after it
+is committed. It also subscribes to <prefix>/+/clips/+: a clip whose bytes match its sha256
+and that its stored detection announced is kept in the table <table>_clips.
 Rejected payloads (and an event_id reused with other content: "conflict") are counted and
 kept in the table <table>_dead_letters with the reason, topic and first bytes. A broker that
 is down or refuses the connection is retried with backoff; each distinct cause is logged once.
@@ -99,6 +102,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="exit after N new detections are stored (default: never)")
     s.add_argument("--timeout", type=float, default=0.0, metavar="S",
                    help="exit after S seconds (default: never)")
+    s.add_argument("--max-clip-kb", type=float, default=MAX_CLIP_PAYLOAD / 1024, metavar="KB",
+                   help="reject clip messages larger than this (default: %(default)g)")
     s.add_argument("--stats-interval", type=float, default=60.0, metavar="S",
                    help="log counts every S seconds (default: %(default)s)")
     p.set_defaults(func=subscribe_handler)
@@ -124,6 +129,7 @@ def subscribe_handler(args: argparse.Namespace) -> int:
     cfg = SubscriberConfig(mqtt=mqtt_settings(args), group=args.group, db=args.db,
                            table=args.table, max_messages=args.max_messages,
                            timeout_s=args.timeout, print_format=args.print_format,
-                           stats_interval_s=args.stats_interval)
+                           stats_interval_s=args.stats_interval,
+                           max_clip_bytes=int(args.max_clip_kb * 1024))
     code, _ = subscribe(cfg)
     return code

@@ -16,6 +16,14 @@ and de-duplicated rows in SQLite (default, WAL) or PostgreSQL out. It never dies
   session is persistent (clean_session false): the broker keeps QoS 1 messages meanwhile.
 * A broker that is down, refuses the credentials or fails TLS is retried with backoff; each
   distinct cause is logged once (edge_runtime/mqtt_client.py).
+* Clips: also `<prefix>/+/clips/+` (the same group). A clip message (schemas/clip.schema.json)
+  is stored, bytes and all, next to its detection's row (`<table>_clips`) when its bytes match
+  its sha256, its detection is stored and announced exactly this clip (schema 2, same file and
+  format, same sha256 if it gave one). Else it is a dead letter like any rejected payload:
+  `sha256_mismatch`, `too_large`, `unknown_event` (no such detection: QoS 1 keeps a device's
+  order, so its detection came first; a shared group can reorder them), `clip_mismatch`, or a
+  `conflict` (another clip for that event_id already stored). The same clip again is a
+  duplicate.
 * Runs until SIGINT/SIGTERM, `timeout_s`, or `max_messages` new detections stored. Counts are
   logged every `stats_interval_s` and on exit.
 """
@@ -47,6 +55,7 @@ from edge_runtime.mqtt_client import (
 )
 from server.stores import (
     HEAD_BYTES,
+    ClipRow,
     DeadLetter,
     Row,
     Store,
@@ -54,7 +63,7 @@ from server.stores import (
     differing_fields,
     open_store,
 )
-from server.validate import Validator, Verdict, short
+from server.validate import MAX_CLIP_PAYLOAD, MAX_PAYLOAD, Validator, Verdict, short
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +80,17 @@ class SubscriberConfig:
     timeout_s: float = 0.0  # stop after this many seconds; 0 = never
     print_format: str = ""  # "" | "text" | "json": one line per stored detection on stdout
     stats_interval_s: float = 60.0
+    max_clip_bytes: int = MAX_CLIP_PAYLOAD  # a clip message larger than this is rejected
 
     @property
     def topic(self) -> str:
-        topic = f"{self.mqtt.topic_prefix}/+/detections"
+        return self._shared(f"{self.mqtt.topic_prefix}/+/detections")
+
+    @property
+    def clip_topic(self) -> str:
+        return self._shared(f"{self.mqtt.topic_prefix}/+/clips/+")
+
+    def _shared(self, topic: str) -> str:
         return f"$share/{self.group}/{topic}" if self.group else topic
 
 
@@ -85,11 +101,18 @@ class Counts:
     duplicates: int = 0
     rejected: int = 0
     reasons: Counter = field(default_factory=Counter)
+    clips: int = 0  # clips stored (beside `stored` detections)
 
     def line(self) -> str:
         why = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items()))
         return (f"received {self.received}, stored {self.stored}, duplicates {self.duplicates}, "
-                f"rejected {self.rejected}{f' ({why})' if why else ''}")
+                f"rejected {self.rejected}{f' ({why})' if why else ''}"
+                f"{f', clips stored {self.clips}' if self.clips else ''}")
+
+
+def is_clip_topic(topic: str) -> bool:
+    parts = topic.split("/")
+    return len(parts) >= 4 and parts[-2] == "clips"
 
 
 def format_detection(msg: dict[str, Any]) -> str:
@@ -109,7 +132,7 @@ class Subscriber:
         self.mqtt = replace(cfg.mqtt, tls=cfg.mqtt.tls or bool(cfg.mqtt.ca_file
                                                                or cfg.mqtt.cert_file))
         self.out = out or sys.stdout
-        self.validator = Validator()
+        self.validator = Validator(cfg.max_clip_bytes)
         self.counts = Counts()
         self.stop = threading.Event()
         self.subscribed = threading.Event()  # the broker granted the subscription
@@ -121,12 +144,14 @@ class Subscriber:
     def handle(self, topic: str, payload: bytes) -> str:
         """One message: STORED, DUPLICATE or REJECTED. Raises only StoreUnavailable."""
         received_at = iso_utc(self.clock())
-        verdict = self.validator.check(topic, payload)
+        clip = is_clip_topic(topic)
+        verdict = (self.validator.check_clip if clip else self.validator.check)(topic, payload)
         with self._lock:
             self.counts.received += 1
         if verdict.ok:
             try:
-                outcome, verdict = self._store(verdict, payload, received_at)
+                outcome, verdict = (self._store_clip(verdict, received_at) if clip
+                                    else self._store(verdict, payload, received_at))
             except StoreUnavailable:
                 raise
             except Exception as err:  # about this row (a value the store cannot take)
@@ -157,13 +182,49 @@ class Subscriber:
         return REJECTED, Verdict(None, "conflict", f"event_id {msg['event_id']} is stored with "
                                                    f"other {', '.join(changed)}", msg["event_id"])
 
+    def _store_clip(self, verdict: Verdict, received_at: str) -> tuple[str, Verdict]:
+        msg = verdict.message
+        assert msg is not None
+        event = msg["event_id"]
+        why = self._clip_problem(msg)
+        if why is not None:
+            return REJECTED, Verdict(None, why[0], why[1], event)
+        if self.store.add_clip(ClipRow.from_message(msg, verdict.data, received_at)):
+            with self._lock:
+                self.counts.clips += 1
+            return STORED, verdict
+        if self.store.clip_sha256(event) == msg["sha256"]:
+            with self._lock:
+                self.counts.duplicates += 1
+            return DUPLICATE, verdict
+        return REJECTED, Verdict(None, "conflict", f"event_id {event} has another clip stored",
+                                 event)
+
+    def _clip_problem(self, msg: dict[str, Any]) -> tuple[str, str] | None:
+        """(reason, detail) when the stored detection did not announce this clip."""
+        detection = self.store.get(msg["event_id"])
+        if detection is None:
+            return "unknown_event", f"no detection {msg['event_id']} is stored"
+        ref = detection.get("clip")
+        if detection["device_id"] != msg["device_id"] or not isinstance(ref, dict):
+            return "clip_mismatch", (f"detection {msg['event_id']} of "
+                                     f"{detection['device_id']!r} announced no clip")
+        if (ref.get("file"), ref.get("format")) != (msg["file"], msg["format"]):
+            return "clip_mismatch", (f"detection {msg['event_id']} announced {ref.get('file')!r}"
+                                     f", not {msg['file']!r}")
+        if ref.get("sha256", msg["sha256"]) != msg["sha256"]:
+            return "sha256_mismatch", (f"detection {msg['event_id']} announced sha256 "
+                                       f"{ref['sha256']}")
+        return None
+
     def _reject(self, topic: str, payload: bytes, verdict: Verdict, received_at: str) -> None:
         with self._lock:
             self.counts.rejected += 1
             self.counts.reasons[verdict.reason] += 1
         log.warning("rejected message on %s (%s): %s", short(topic, 100), verdict.reason,
                     verdict.detail)
-        head = payload if verdict.reason == "conflict" else payload[:HEAD_BYTES]
+        whole = verdict.reason == "conflict" and len(payload) <= MAX_PAYLOAD  # not a clip's MBs
+        head = payload if whole else payload[:HEAD_BYTES]
         letter = DeadLetter(received_at, verdict.reason, short(verdict.detail, 1000),
                             short(topic, 300), verdict.event_id, len(payload), head)
         try:
@@ -187,19 +248,22 @@ class Subscriber:
 
     # ----------------------------------------------------------------- MQTT callbacks
     def _on_connected(self, client) -> None:
-        log.info("connected to %s; subscribing to %s", broker_address(self.mqtt), self.cfg.topic)
-        client.subscribe(self.cfg.topic, qos=1)  # again on every reconnect (clean sessions)
+        log.info("connected to %s; subscribing to %s and %s", broker_address(self.mqtt),
+                 self.cfg.topic, self.cfg.clip_topic)
+        # again on every reconnect (clean sessions)
+        client.subscribe([(self.cfg.topic, 1), (self.cfg.clip_topic, 1)])
 
     def _on_lost(self, reason_code) -> None:
         log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(rc.is_failure for rc in reason_codes):
-            self._fail(UserError(f"the broker refused the subscription to {self.cfg.topic} "
+            self._fail(UserError(f"the broker refused the subscription to {self.cfg.topic} or "
+                                 f"{self.cfg.clip_topic} "
                                  f"({', '.join(map(str, reason_codes))}); check its ACL"
                                  f"{' and shared-subscription support' if self.cfg.group else ''}"))
             return
-        log.info("subscribed to %s", self.cfg.topic)
+        log.info("subscribed to %s and %s", self.cfg.topic, self.cfg.clip_topic)
         self.subscribed.set()
 
     def _on_message(self, client, userdata, message) -> None:
@@ -309,6 +373,8 @@ def validate(cfg: SubscriberConfig) -> None:
     for name, value in (("--max-messages", cfg.max_messages), ("--timeout", cfg.timeout_s)):
         if value < 0:
             raise UserError(f"{name} {value}: must be >= 0 (0 = no limit)")
+    if not cfg.max_clip_bytes > 0:
+        raise UserError(f"--max-clip-kb {cfg.max_clip_bytes / 1024:g}: must be > 0")
     if not cfg.stats_interval_s > 0:
         raise UserError(f"--stats-interval {cfg.stats_interval_s}: must be > 0")
     if any(c in cfg.group for c in "+#/"):

@@ -7,10 +7,19 @@ given twice; strings without NUL or lone surrogates (PostgreSQL cannot store the
 bounded length; valid against schemas/detection.schema.json; real calendar times (the
 schema's pattern admits 2025-02-30); end >= start; duration_s within 1 ms (the times'
 rounding) of end - start and at most a day; published by the device its topic names.
+Detections of schema 1 and 2 (2 may name a clip) pass the same checks.
+
+A clip message (`check_clip`, schemas/clip.schema.json, on `<prefix>/<device>/clips/<id>`)
+goes through the same parse and string checks (its base64 `data` may be long), its schema,
+its topic (device and event id), strict base64, and the sha256 of the decoded bytes, within
+`max_clip_bytes` of payload. Whether its detection exists is the subscriber's question.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import importlib
 import json
 import math
@@ -23,8 +32,11 @@ from typing import Any
 import edge_runtime.contract
 from edge_runtime.contract.errors import UserError
 
-SCHEMA_PATH = Path(edge_runtime.contract.__file__).resolve().parent / "schemas" / "detection.schema.json"
+SCHEMAS = Path(edge_runtime.contract.__file__).resolve().parent / "schemas"
+SCHEMA_PATH = SCHEMAS / "detection.schema.json"
+CLIP_SCHEMA_PATH = SCHEMAS / "clip.schema.json"
 MAX_PAYLOAD = 64 * 1024  # a detection is < 1 KiB
+MAX_CLIP_PAYLOAD = 4 * 1024 * 1024  # default; base64 makes a clip a third larger
 MAX_STRING = 1024  # any string value or key
 MAX_KEY_STRING = 128  # device_id and label: indexed, shown in every listing
 MAX_DURATION_S = 86400.0  # the runtime publishes long sounds in chunks (model.max_duration_s)
@@ -42,6 +54,7 @@ class Verdict:
     reason: str = ""
     detail: str = ""
     event_id: str | None = None  # when one could be read, also from a rejected payload
+    data: bytes = b""  # a clip's decoded bytes
 
     @property
     def ok(self) -> bool:
@@ -57,14 +70,16 @@ class _Reject(Exception):
 class Validator:
     """Payload bytes -> `Verdict`. Needs jsonschema (the `server` extra)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_clip_bytes: int = MAX_CLIP_PAYLOAD) -> None:
+        self.max_clip_bytes = max_clip_bytes
         try:
             jsonschema = importlib.import_module("jsonschema")
         except ImportError:
             raise UserError("meerkit subscribe validates with jsonschema: "
                             "`pip install 'meerkit[server]'`") from None
-        schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-        self._validator = jsonschema.Draft202012Validator(schema)
+        self._validator, self._clip_validator = (
+            jsonschema.Draft202012Validator(json.loads(path.read_text(encoding="utf-8")))
+            for path in (SCHEMA_PATH, CLIP_SCHEMA_PATH))
         self._best_match = jsonschema.exceptions.best_match
 
     def check(self, topic: str, payload: bytes) -> Verdict:
@@ -82,17 +97,34 @@ class Validator:
                            _event_id_of(msg))
         return Verdict(msg, event_id=msg["event_id"])
 
-    def _check_schema(self, msg: Any) -> None:
-        error = self._best_match(self._validator.iter_errors(msg))
+    def check_clip(self, topic: str, payload: bytes) -> Verdict:
+        """A clip message: its `Verdict` carries the decoded bytes (`data`)."""
+        msg: Any = None
+        try:
+            msg = parse(payload, self.max_clip_bytes)
+            check_strings(msg, long_ok=("data",))
+            self._check_schema(msg, self._clip_validator)
+            utc_time_or_reject("published_at", msg["published_at"])
+            check_clip_topic(topic, msg)
+            data = decode_clip(msg)
+        except _Reject as bad:
+            return Verdict(None, bad.reason, short(bad.detail), _event_id_of(msg))
+        except Exception as err:  # a check that trips over hostile input: still a rejection
+            return Verdict(None, "invalid", short(f"{type(err).__name__}: {err}"),
+                           _event_id_of(msg))
+        return Verdict(msg, event_id=msg["event_id"], data=data)
+
+    def _check_schema(self, msg: Any, validator: Any = None) -> None:
+        error = self._best_match((validator or self._validator).iter_errors(msg))
         if error is not None:
             where = "/".join(map(str, error.absolute_path)) or "(message)"
             raise _Reject("schema", f"{where}: {error.message}")
 
 
-def parse(payload: bytes) -> Any:
-    """Strict JSON from strict UTF-8."""
-    if len(payload) > MAX_PAYLOAD:
-        raise _Reject("too_large", f"{len(payload)} bytes (limit {MAX_PAYLOAD})")
+def parse(payload: bytes, limit: int = MAX_PAYLOAD) -> Any:
+    """Strict JSON from strict UTF-8, at most `limit` bytes."""
+    if len(payload) > limit:
+        raise _Reject("too_large", f"{len(payload)} bytes (limit {limit})")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -124,12 +156,14 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def check_strings(value: Any, path: str = "") -> None:
-    """No NUL, no lone surrogate, bounded length, in every key and string value."""
+def check_strings(value: Any, path: str = "", long_ok: tuple[str, ...] = ()) -> None:
+    """No NUL, no lone surrogate, bounded length, in every key and string value (but the
+    top-level keys `long_ok` may hold strings of any length)."""
     if isinstance(value, dict):
         for key, item in value.items():
             _check_text(key, f"{path}/{key[:40]}" if path else key[:40])
-            check_strings(item, f"{path}/{key}" if path else key)
+            if not (key in long_ok and not path and isinstance(item, str)):
+                check_strings(item, f"{path}/{key}" if path else key)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             check_strings(item, f"{path}/{i}")
@@ -153,13 +187,15 @@ def utc_time(text: str) -> datetime:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
 
 
+def utc_time_or_reject(key: str, text: str) -> datetime:
+    try:
+        return utc_time(text)
+    except ValueError as err:
+        raise _Reject("bad_time", f"{key} {text!r}: {err}") from None
+
+
 def check_times(msg: dict[str, Any]) -> None:
-    times = {}
-    for key in ("start", "end", "published_at"):
-        try:
-            times[key] = utc_time(msg[key])
-        except ValueError as err:
-            raise _Reject("bad_time", f"{key} {msg[key]!r}: {err}") from None
+    times = {key: utc_time_or_reject(key, msg[key]) for key in ("start", "end", "published_at")}
     span = (times["end"] - times["start"]).total_seconds()
     if span < 0:
         raise _Reject("end_before_start", f"end {msg['end']} is before start {msg['start']}")
@@ -176,6 +212,26 @@ def check_topic(topic: str, msg: dict[str, Any]) -> None:
     parts = topic.split("/")
     if len(parts) < 3 or parts[-2] != msg["device_id"]:
         raise _Reject("topic_mismatch", f"device_id {msg['device_id']!r} published on {topic}")
+
+
+def check_clip_topic(topic: str, msg: dict[str, Any]) -> None:
+    parts = topic.split("/")
+    if len(parts) < 4 or parts[-3] != msg["device_id"] or parts[-1] != msg["event_id"]:
+        raise _Reject("topic_mismatch", f"clip {msg['event_id']} of {msg['device_id']!r} "
+                                        f"published on {topic}")
+
+
+def decode_clip(msg: dict[str, Any]) -> bytes:
+    """The clip's bytes, strict base64, matching the sha256 the message gives."""
+    try:
+        data = base64.b64decode(msg["data"], validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise _Reject("bad_base64", f"data: {err}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != msg["sha256"]:
+        raise _Reject("sha256_mismatch", f"{len(data)} bytes hash to {digest}, the message "
+                                         f"says {msg['sha256']}")
+    return data
 
 
 def _event_id_of(msg: Any) -> str | None:

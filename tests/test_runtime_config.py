@@ -214,3 +214,37 @@ def test_every_flag_has_help_with_default_and_range():
     assert "one of debug, info, warning, error" in helps["log__level"]
     assert "(default unset; 0..1)" in helps["model__hysteresis"]
     assert build_parser().format_help()  # every help string formats (no stray %)
+
+
+def test_schedule_and_labels_sections(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[device]\nlat = 52.52\nlon = 13.40\n[schedule]\ntimezone = "Europe/Berlin"\n'
+                    'windows = ["21:00-05:00", "sunrise-30m..sunrise+2h"]\n'
+                    '[labels]\ndeny = ["engine"]\n')
+    cfg = load_config(toml)
+    assert cfg.schedule.windows == ("21:00-05:00", "sunrise-30m..sunrise+2h")
+    assert cfg.labels.deny == ("engine",) and cfg.labels.allow == ()
+    again = tmp_path / "again.toml"
+    again.write_text(describe(cfg))
+    assert load_config(again).schedule == cfg.schedule and load_config(again).labels == cfg.labels
+    flags = parse(["--schedule-windows", "01:00-02:00,03:00-04:00", "--schedule-timezone", "UTC",
+                   "--labels-allow", "owl,frog"])
+    assert flags.schedule.windows == ("01:00-02:00", "03:00-04:00")
+    assert flags.labels.allow == ("owl", "frog")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[schedule]\ntimezone = "UTC"\nwindows = ["25:00-05:00"]\n',
+     r"c\.toml: schedule\.windows\[0\] '25:00-05:00': 25:00 is not a time of day"),
+    ('[schedule]\nwindows = ["21:00-05:00"]\n', r"c\.toml: schedule\.timezone: required"),
+    ('[schedule]\ntimezone = "UTC"\nwindows = ["sunset..sunrise"]\n',
+     r"sun windows need the site's lat and lon \(set device\.lat and device\.lon\)"),
+    ('[schedule]\ntimezone = "Mars/Olympus"\n', r"not an IANA time zone"),
+    ('[schedule]\npolar = "never"\n', r"c\.toml:2: schedule\.polar = 'never' is not one of"),
+    ('[labels]\nallow = "owl"\n', r"c\.toml:2: labels\.allow must be a list"),
+])
+def test_bad_schedules_are_one_line_errors_at_load(tmp_path, text, message):
+    toml = tmp_path / "c.toml"
+    toml.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_config(toml)

@@ -24,7 +24,7 @@ from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.times import iso_utc
 from edge_runtime.message import event_id
 from edge_runtime.mqtt_client import MqttConfig
-from server.stores import DeadLetter, Row, open_store
+from server.stores import ClipRow, DeadLetter, Row, open_store
 from server.stores.postgres import PostgresStore
 from server.stores.sqlite import SQLiteStore
 from server.subscriber import Subscriber, SubscriberConfig, subscribe
@@ -348,13 +348,22 @@ def test_store_interface(kind, tmp_path):
         store.dead_letter(DeadLetter(iso_utc(T0 + 6), "schema", "label: required", topic(), None,
                                      3000, b"\xff" * 256))
         assert store.count_dead_letters() == 1
+        data = bytes(range(256)) * 3  # every byte value, as a clip may hold
+        clip = ClipRow.from_message({"event_id": msgs[0]["event_id"], "device_id": "rec-1",
+                                     "file": "c.wav", "format": "wav", "sha256": "cd" * 32,
+                                     "published_at": iso_utc(T0 + 7)}, data, iso_utc(T0 + 8))
+        assert store.add_clip(clip) is True and store.add_clip(clip) is False
+        assert store.clip_sha256(msgs[0]["event_id"]) == "cd" * 32
+        assert store.clip_sha256(msgs[1]["event_id"]) is None and store.count_clips() == 1
+        (kept,) = store.db.execute(f"SELECT data FROM {table}_clips").fetchone()
+        assert bytes(kept) == data
         if kind == "postgresql":
             got = store.db.execute(f"SELECT label, start_utc, payload FROM {table} "
                                    "WHERE event_id = %s", (msgs[1]["event_id"],)).fetchone()
             assert got[0] == "very_loud" and got[1].timestamp() == T0 + 1 and got[2] == msgs[1]
     finally:
         if kind == "postgresql":
-            store.db.execute(f"DROP TABLE {table}, {table}_dead_letters")
+            store.db.execute(f"DROP TABLE {table}, {table}_dead_letters, {table}_clips")
         store.close()
 
 

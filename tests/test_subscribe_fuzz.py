@@ -47,9 +47,9 @@ def ms_of(text: str) -> int:
 
 # ------------------------------------------------------------------------- valid messages
 def text(min_size: int = 0, max_size: int = 30):
-    # any Unicode but NUL (surrogates are excluded by st.characters already)
-    return st.text(st.characters(blacklist_characters="\x00"), min_size=min_size,
-                   max_size=max_size)
+    # any Unicode but NUL and lone surrogates (the hostile cases send those on purpose)
+    return st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+                   min_size=min_size, max_size=max_size)
 
 
 # Topic levels: what a broker accepts in a topic (no control characters, no wildcards).
@@ -76,7 +76,30 @@ def valid_message(draw) -> dict:
                            "lon": draw(st.floats(-180, 180) | st.integers(-180, 180))}
     if draw(st.booleans()):
         msg["site"] = draw(text(0, 200))
+    version = draw(st.sampled_from([1, 1, 2, 2, 2]))  # 2: a device that records clips
+    if version == 2:
+        msg["schema"] = 2
+        if draw(st.integers(0, 3)):  # v2 may leave the clip out
+            msg["clip"] = draw(clip_reference())
     return msg
+
+
+@st.composite
+def clip_reference(draw) -> dict:
+    """The `clip` object of a v2 detection."""
+    ref = {"file": draw(st.text(st.characters(blacklist_characters="\x00/\\",
+                                              blacklist_categories=("Cs",)),
+                                min_size=1, max_size=60)),
+           "format": draw(st.sampled_from(["wav", "flac"])),
+           "offset_s": draw(st.floats(0, 60) | st.integers(0, 60)),
+           "duration_s": draw(st.floats(0.001, 120) | st.integers(1, 120))}
+    if draw(st.booleans()):
+        ref["sha256"] = draw(st.text("0123456789abcdef", min_size=64, max_size=64))
+    if draw(st.booleans()):
+        ref["topic"] = f"meerkit/x/clips/{draw(st.integers(0, 2**64 - 1)):016x}"
+    if draw(st.booleans()):
+        ref["url"] = draw(text(1, 100))
+    return ref
 
 
 def json_style(draw) -> dict:
@@ -128,7 +151,7 @@ def case(draw) -> Case:
             "random_bytes", "utf16", "bom", "non_finite", "huge_number", "bad_date",
             "end_before_start", "duration_mismatch", "missing", "wrong_type", "extra",
             "too_long", "too_large", "nul", "surrogate", "duplicate_key", "not_object",
-            "deep", "topic", "schema_version", "bad_event_id"]))
+            "deep", "topic", "schema_version", "bad_event_id", "v1_with_clip", "bad_clip"]))
     if kind in ("dup", "conflict"):
         return Case(kind, ref=draw(st.integers(0, 10**6)))
     msg = draw(valid_message())
@@ -205,7 +228,27 @@ def case(draw) -> Case:
     if kind == "topic":  # valid, but published on another device's topic
         return Case(kind, encode(msg, draw), reason=("topic_mismatch",))
     if kind == "schema_version":
-        msg["schema"] = draw(st.sampled_from([2, 0, "1", True, 1.5]))
+        msg["schema"] = draw(st.sampled_from([3, 0, "1", True, 1.5, "2"]))
+        return Case(kind, encode(msg, draw), reason=("schema",))
+    if kind == "v1_with_clip":  # only schema 2 may name a clip
+        msg.update(schema=1, clip=draw(clip_reference()))
+        return Case(kind, encode(msg, draw), reason=("schema",))
+    if kind == "bad_clip":
+        ref = draw(clip_reference())
+        bad = draw(st.sampled_from(["missing", "extra", "format", "path", "sha", "offset"]))
+        if bad == "missing":
+            del ref[draw(st.sampled_from(["file", "format", "offset_s", "duration_s"]))]
+        elif bad == "extra":
+            ref["bytes"] = "AAAA"
+        elif bad == "format":
+            ref["format"] = draw(st.sampled_from(["mp3", "WAV", "", 1]))
+        elif bad == "path":
+            ref["file"] = draw(st.sampled_from(["../x.wav", "a/b.wav", "a\\b.wav", ""]))
+        elif bad == "sha":
+            ref["sha256"] = draw(st.sampled_from(["AB" * 32, "ab" * 31, "g" * 64]))
+        else:
+            ref["offset_s"] = draw(st.sampled_from([-1, "1", None]))
+        msg.update(schema=2, clip=ref)
         return Case(kind, encode(msg, draw), reason=("schema",))
     msg["event_id"] = draw(st.sampled_from(["ABCDEF0123456789", "0123", "g" * 16, ""]))
     return Case(kind, encode(msg, draw), reason=("schema",))
@@ -294,10 +337,12 @@ def test_subscriber_survives_generated_payloads_and_stores_each_valid_one_once(
         sub.stop.set()
         thread.join(10)
         if kind == "postgresql":
-            store.db.execute(f"DROP TABLE {table}, {table}_dead_letters")
+            store.db.execute(f"DROP TABLE {table}, {table}_dead_letters, {table}_clips")
         store.close()
     # Exactly the valid messages, each once, as first sent (never a conflicting copy).
     assert stored == first
+    versions = [m["schema"] for m in first.values()]
+    assert versions.count(1) and sum("clip" in m for m in first.values()) > 20  # v1 and v2
     by_topic = {topic: reason for topic, reason in letters if topic in expected_reason}
     assert len(by_topic) == len(expected_reason) == sum(t in expected_reason for t, _ in letters)
     wrong = {t: (by_topic[t], want) for t, want in expected_reason.items()

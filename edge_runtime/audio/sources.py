@@ -25,12 +25,23 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from edge_runtime.audio.devices import import_pyaudio, input_devices, quiet_stderr, select_device
-from edge_runtime.contract import recorder, wav
+from edge_runtime.contract import wav
 from edge_runtime.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 
 Put = Callable[[np.ndarray], None]
+
+# A source nobody waits for (a file read as fast as possible, a blocking pipe) is read in
+# blocks of at least this: the per-block cost (read, decode, window bookkeeping) is then
+# negligible, and block size changes no output (windows do not depend on it).
+BATCH_BLOCK_S = 1.0
+
+
+def block_frames(block_s: float, sample_rate: int, live: bool) -> int:
+    """Frames per block: `block_s` for live audio (it bounds latency), at least
+    `BATCH_BLOCK_S` otherwise."""
+    return max(1, round((block_s if live else max(block_s, BATCH_BLOCK_S)) * sample_rate))
 
 
 class Source:
@@ -113,7 +124,7 @@ class WavSource(Source):
             log.warning("%s: WAV data chunk is truncated; reading the %d whole frames present",
                         self.path, self.info.frames)
         self.sample_rate, self.channels = self.info.sample_rate, self.info.channels
-        self.block = max(1, round(block_s * self.sample_rate))
+        self.block = block_frames(block_s, self.sample_rate, realtime)
         self.realtime = realtime
         self.live = realtime
         self.description = (f"{self.path} ({self.info.duration_s:.1f} s, {self.sample_rate} Hz, "
@@ -155,7 +166,7 @@ class SoundFileSource(Source):
             raise UserError(f"{self.path}: audio file has no audio samples")
         self.sample_rate, self.channels = int(info.samplerate), int(info.channels)
         self.subtype, self.frames = str(info.subtype), int(info.frames)
-        self.block = max(1, round(block_s * self.sample_rate))
+        self.block = block_frames(block_s, self.sample_rate, realtime)
         self.realtime = self.live = realtime
         self.description = (f"{self.path} ({self.frames / self.sample_rate:.1f} s, "
                             f"{self.sample_rate} Hz, {self.channels} ch, {info.format} "
@@ -178,6 +189,8 @@ def recording_start(path: str | Path, local_tz: str | None = None) -> datetime:
     """`audio.start_time = "filename"`: the first sample's UTC time from the recorder's header
     (AudioMoth comment, GUANO), else its name (`20240131_235959.WAV`, UTC unless `local_tz`),
     by `contract.recorder.recording_start`, the rules `meerkit analyze` uses too."""
+    from edge_runtime.contract import recorder  # only for this setting: kept off start-up
+
     if not Path(path).is_file():  # the microphone, stdin, or a typo
         raise UserError(f"audio.start_time = \"filename\" needs an audio file as audio.input; "
                         f"{path} is not one")
@@ -200,6 +213,8 @@ def parse_start_time(spec: str, input_path: str) -> float | None:
     if not re.match(r"\s*\d{4}-", spec):  # not even the start of a date: say what is allowed
         raise UserError(f"audio.start_time {spec!r}: expected now, filename or an ISO 8601 time "
                         "such as 2024-01-31T23:59:59Z")
+    from edge_runtime.contract import recorder
+
     return recorder.parse_explicit_start(spec, "audio.start_time").timestamp()
 
 
@@ -240,9 +255,9 @@ class StdinSource(Source):
         self.stream = stream if stream is not None else sys.stdin.buffer
         self.sample_rate, self.channels = rate, channels
         self.frame_bytes = np.dtype(self.dtype).itemsize * channels
-        self.block_bytes = max(1, round(block_s * rate)) * self.frame_bytes
         self.pace = stdin_pace_for(self.stream) if pace == "auto" else pace
         self.live = self.pace == "realtime"
+        self.block_bytes = block_frames(block_s, rate, self.live) * self.frame_bytes
         self.description = (f"stdin ({fmt}, {rate} Hz, {channels} ch, "
                             f"{'realtime: drops when behind' if self.live else 'blocking'}"
                             f"{' (auto)' if pace == 'auto' else ''})")

@@ -96,7 +96,8 @@ def decode_pcm(raw: bytes | np.ndarray, bits: int, is_float: bool, channels: int
     elif bits == 8:  # 8-bit WAV is unsigned
         x = (raw.astype(np.float32) - 128.0) / 128.0
     elif bits == 16:
-        x = raw.view("<i2").astype(np.float32) / 32768.0
+        # one pass, no temporary: int16 * 2**-15 in float32 is exactly int16 / 32768
+        x = np.multiply(raw.view("<i2"), np.float32(1.0 / 32768.0), dtype=np.float32)
     elif bits == 24:
         b = raw.reshape(-1, 3).astype(np.int32)
         v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)

@@ -1,8 +1,10 @@
 """Where detections land: one small `Store` interface, two implementations (sqlite.py, the
 default; postgres.py, psycopg 3 imported only when asked for), chosen by `open_store(url)`.
 
-Each store keeps two tables: `<table>` (one row per event_id, the message as received) and
-`<table>_dead_letters` (every rejected payload: reason, detail, topic, its first bytes).
+Each store keeps three tables: `<table>` (one row per event_id, the message as received),
+`<table>_clips` (the clip bytes a detection of schema 2 announced, one per event_id, beside
+its row: BLOB in SQLite, BYTEA in PostgreSQL, so a clip lives and is backed up with its row)
+and `<table>_dead_letters` (every rejected payload: reason, detail, topic, its first bytes).
 Both take only what server/validate.py accepted, so they accept the same things.
 
 Errors: a store raises `StoreUnavailable` for a failure of the store itself (connection lost,
@@ -64,6 +66,27 @@ COLUMNS = tuple(Row.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
+class ClipRow:
+    event_id: str  # of the detection stored in <table>
+    device_id: str
+    file: str
+    format: str
+    sha256: str
+    size: int
+    published_at: str
+    received_at: str
+    data: bytes  # the clip file, byte for byte
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any], data: bytes, received_at: str) -> ClipRow:
+        return cls(msg["event_id"], msg["device_id"], msg["file"], msg["format"], msg["sha256"],
+                   len(data), msg["published_at"], received_at, data)
+
+
+CLIP_COLUMNS = tuple(ClipRow.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     received_at: str
     reason: str
@@ -83,6 +106,14 @@ class Store(Protocol):
 
     def get(self, event_id: str) -> dict[str, Any] | None:
         """The stored message with this event_id, or None."""
+
+    def add_clip(self, clip: ClipRow) -> bool:
+        """Insert and commit; False if this event_id has a clip already."""
+
+    def clip_sha256(self, event_id: str) -> str | None:
+        """The sha256 of the clip stored for this event_id, or None."""
+
+    def count_clips(self) -> int: ...
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """Keep a rejected payload (committed)."""

@@ -10,8 +10,10 @@ from typing import Any
 
 from edge_runtime.contract.errors import UserError
 from server.stores import (
+    CLIP_COLUMNS,
     COLUMNS,
     DEAD_COLUMNS,
+    ClipRow,
     DeadLetter,
     Row,
     StoreUnavailable,
@@ -29,6 +31,7 @@ class PostgresStore:
                             "`pip install 'meerkit[server]'`") from None
         self.table = table_name(table)
         self.dead_table = f"{self.table}_dead_letters"
+        self.clip_table = f"{self.table}_clips"
         try:
             self.db = psycopg.connect(url, autocommit=True)
         except psycopg.Error as err:
@@ -54,8 +57,17 @@ class PostgresStore:
                 topic TEXT NOT NULL, event_id TEXT, size INTEGER NOT NULL, head BYTEA NOT NULL)""")
         self.db.execute(f"CREATE INDEX IF NOT EXISTS {self.dead_table}_reason "
                         f"ON {self.dead_table} (reason, received_at)")
+        self.db.execute(f"""
+            CREATE TABLE IF NOT EXISTS {self.clip_table} (
+                event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, file TEXT NOT NULL,
+                format TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+                published_at TIMESTAMPTZ NOT NULL, received_at TIMESTAMPTZ NOT NULL,
+                data BYTEA NOT NULL)""")
         self._insert = (f"INSERT INTO {self.table} ({', '.join(COLUMNS)}) VALUES "
                         f"({', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (event_id) DO NOTHING")
+        self._insert_clip = (f"INSERT INTO {self.clip_table} ({', '.join(CLIP_COLUMNS)}) VALUES "
+                             f"({', '.join(['%s'] * len(CLIP_COLUMNS))}) "
+                             "ON CONFLICT (event_id) DO NOTHING")
         self._insert_dead = (f"INSERT INTO {self.dead_table} ({', '.join(DEAD_COLUMNS)}) "
                              f"VALUES ({', '.join(['%s'] * len(DEAD_COLUMNS))})")
 
@@ -80,6 +92,21 @@ class PostgresStore:
             found = self.db.execute(f"SELECT payload FROM {self.table} WHERE event_id = %s",
                                     (event_id,)).fetchone()
         return None if found is None else found[0]
+
+    def add_clip(self, clip: ClipRow) -> bool:
+        with self._outage_is_unavailable():
+            cur = self.db.execute(self._insert_clip, tuple(getattr(clip, c) for c in CLIP_COLUMNS))
+        return cur.rowcount == 1
+
+    def clip_sha256(self, event_id: str) -> str | None:
+        with self._outage_is_unavailable():
+            found = self.db.execute(f"SELECT sha256 FROM {self.clip_table} WHERE event_id = %s",
+                                    (event_id,)).fetchone()
+        return None if found is None else found[0]
+
+    def count_clips(self) -> int:
+        with self._outage_is_unavailable():
+            return self.db.execute(f"SELECT count(*) FROM {self.clip_table}").fetchone()[0]
 
     def dead_letter(self, letter: DeadLetter) -> None:
         with self._outage_is_unavailable():

@@ -13,7 +13,16 @@ from typing import Any
 
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.private_files import private_file
-from server.stores import COLUMNS, DEAD_COLUMNS, DeadLetter, Row, StoreUnavailable, table_name
+from server.stores import (
+    CLIP_COLUMNS,
+    COLUMNS,
+    DEAD_COLUMNS,
+    ClipRow,
+    DeadLetter,
+    Row,
+    StoreUnavailable,
+    table_name,
+)
 
 # Errors about the row, not the database (NOT NULL, a value sqlite3 cannot bind, ...).
 _ROW_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.ProgrammingError,
@@ -35,6 +44,7 @@ class SQLiteStore:
     def __init__(self, path: str | Path, table: str = "detections", busy_timeout_s: float = 30.0):
         self.path, self.table = Path(path), table_name(table)
         self.dead_table = f"{self.table}_dead_letters"
+        self.clip_table = f"{self.table}_clips"
         if self.path.parent and not self.path.parent.is_dir():
             raise UserError(f"--db {self.path}: folder {self.path.parent} does not exist")
         try:
@@ -63,6 +73,10 @@ class SQLiteStore:
                     event_id TEXT, size INTEGER NOT NULL, head BLOB NOT NULL);
                 CREATE INDEX IF NOT EXISTS {self.dead_table}_reason
                     ON {self.dead_table} (reason, received_at);
+                CREATE TABLE IF NOT EXISTS {self.clip_table} (
+                    event_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, file TEXT NOT NULL,
+                    format TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+                    published_at TEXT NOT NULL, received_at TEXT NOT NULL, data BLOB NOT NULL);
             """)
         except (sqlite3.Error, OSError) as err:
             raise UserError(f"--db {self.path}: cannot open the SQLite database ({err})") from None
@@ -70,6 +84,9 @@ class SQLiteStore:
                         f"({', '.join('?' * len(COLUMNS))}) ON CONFLICT (event_id) DO NOTHING")
         self._insert_dead = (f"INSERT INTO {self.dead_table} ({', '.join(DEAD_COLUMNS)}) "
                              f"VALUES ({', '.join('?' * len(DEAD_COLUMNS))})")
+        self._insert_clip = (f"INSERT INTO {self.clip_table} ({', '.join(CLIP_COLUMNS)}) "
+                             f"VALUES ({', '.join('?' * len(CLIP_COLUMNS))}) "
+                             "ON CONFLICT (event_id) DO NOTHING")
 
     def add(self, row: Row) -> bool:
         with _outage_is_unavailable():
@@ -81,6 +98,21 @@ class SQLiteStore:
             found = self.db.execute(f"SELECT payload FROM {self.table} WHERE event_id = ?",
                                     (event_id,)).fetchone()
         return None if found is None else json.loads(found[0])
+
+    def add_clip(self, clip: ClipRow) -> bool:
+        with _outage_is_unavailable():
+            cur = self.db.execute(self._insert_clip, tuple(getattr(clip, c) for c in CLIP_COLUMNS))
+        return cur.rowcount == 1
+
+    def clip_sha256(self, event_id: str) -> str | None:
+        with _outage_is_unavailable():
+            found = self.db.execute(f"SELECT sha256 FROM {self.clip_table} WHERE event_id = ?",
+                                    (event_id,)).fetchone()
+        return None if found is None else found[0]
+
+    def count_clips(self) -> int:
+        with _outage_is_unavailable():
+            return self.db.execute(f"SELECT count(*) FROM {self.clip_table}").fetchone()[0]
 
     def dead_letter(self, letter: DeadLetter) -> None:
         with _outage_is_unavailable():
