@@ -181,9 +181,11 @@ def make_sinks(cfg: RuntimeConfig, model: TFLiteModel,
 # ------------------------------------------------------------------------- run
 def label_filter(cfg: RuntimeConfig, model: TFLiteModel) -> LabelFilter:
     """`[labels]` checked against the card: a name the model does not have is a user error."""
-    return LabelFilter.from_config({"allow": list(cfg.labels.allow),
-                                    "deny": list(cfg.labels.deny)}, model.card.labels,
-                                   where=f"{cfg.source}: labels")
+    try:
+        return LabelFilter.from_config({"allow": list(cfg.labels.allow),
+                                        "deny": list(cfg.labels.deny)}, model.card.labels)
+    except UserError as err:  # where the lists came from, as config errors say
+        raise UserError(f"{cfg.source}: {err}") from None
 
 
 def active_schedule(cfg: RuntimeConfig) -> Schedule | None:

@@ -166,3 +166,17 @@ def test_help_text_shows_default_unit_range_and_choices():
     assert helps["timeout_s"] == "give up after (default unset; >= 0)"
     assert helps["host"] == "broker host (default localhost)"
     assert helps["tls"] == "use TLS (default false)"
+
+
+def test_a_list_setting_holds_any_number_of_values():
+    from dataclasses import dataclass
+
+    from edge_runtime.contract.settings import from_mapping, setting
+
+    @dataclass
+    class Labels:
+        allow: list[str] = setting(default_factory=list, help="labels to report")
+        pair: tuple[int, str] = setting(default=(1, "a"), help="a fixed pair")
+
+    got = from_mapping(Labels, {"allow": ["a", "b", "c"], "pair": [2, "b"]}, "labels")
+    assert got.allow == ["a", "b", "c"] and got.pair == (2, "b")

@@ -238,7 +238,9 @@ def _convert(value: Any, kind: Any, spec: Spec, at: _At, base: Any = None) -> An
             at.fail(f"must be a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
             at.fail(f"must have {len(args)} values, got {len(value)}", value)
-        items = [_convert(v, args[0] if (not args or args[-1] is Ellipsis) else args[i], spec,
+        # list[X] and tuple[X, ...] repeat one type; tuple[X, Y] gives one per position
+        same = origin is not tuple or args[-1:] == (Ellipsis,)
+        items = [_convert(v, args[0] if same else args[i], spec,
                           at.element(i) if _is_record(args) else at) if args else v
                  for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
