@@ -12,16 +12,19 @@
 * `clip_message`: the clip's bytes (base64) and their sha256, on `<prefix>/<device>/clips/
   <event_id>`.
 
-Why the detection carries no sha256 of its clip: the clip ends `post_s` after the event, so
-its bytes exist only `post_s` (1 s by default) plus up to one audio block after the detection
-could be sent. Holding the detection for them would add that to every call-end -> MQTT time:
-the ring-buffered runtime measures 0.69 s median / 1.61 s max at hop 1 s (benchmarks/
-RESULTS.md), so the median would become ~1.7 s and the <= 1 s target would be missed for
-every detection, to attach a hash that only matters once the clip itself arrives. Instead the
-detection names the clip by its deterministic file name (onset, label, event_id: all known
-when the event closes) and gives its offset and duration (fixed by pre_s/post_s); the clip
-message, sent later, carries the bytes with their sha256, which the subscriber verifies and
-stores next to the detection's row.
+Why the detection carries no sha256 of its clip: the clip ends `post_s` (1 s by default)
+after the event, so its bytes exist only some time after the detection could be sent: post_s
+minus the lag the detector already has (its window must pass the call end), plus one audio
+block. Measured (energy test model, 1 s window, default pre/post 1 s, real-time replay, local
+mosquitto, clip arrival minus its detection's): 0.39 s median / 0.43 s max at hop 0.2 s,
+0.51 / 0.52 s at hop 0.5 s, 0.12 / 0.51 s at hop 1 s. Holding every detection for its clip
+would add that to call end -> MQTT, which benchmarks/RESULTS.md measures at 0.69 / 1.61 s (hop
+1 s) and 1.09 / 1.21 s (hop 0.2 s) against a <= 1 s target: the max would grow to ~2.1 s and
+~1.6 s, and one for one with any longer post_s, to attach a hash that only matters once the
+clip itself arrives. Instead the detection names the clip by its deterministic file name
+(onset, label, event_id: all known when the event closes) with its offset and duration (fixed
+by pre_s/post_s); the clip message, sent later, carries the bytes with their sha256, which the
+subscriber verifies and stores next to the detection's row.
 """
 
 from __future__ import annotations

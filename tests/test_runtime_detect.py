@@ -140,6 +140,65 @@ def test_pipeline_on_a_file_equals_offline(model, tmp_path):
     assert stats["audio_s"] == 6.0 and stats["dropped_audio_s"] == 0 and stats["overruns"] == 0
 
 
+def test_a_file_runs_inline_and_a_realtime_file_through_the_ring_with_the_same_events(
+        model, tmp_path):
+    """A file read as fast as possible is processed in the inference thread itself, in
+    blocks of at least BATCH_BLOCK_S (no capture thread, no hand-off); paced to real time it
+    is live and goes through the ring buffer. Same events, same ids, either way."""
+    from edge_runtime.audio.sources import BATCH_BLOCK_S
+
+    audio = burst_audio(6.0, regular_bursts(6.0))
+    path = tmp_path / "a.wav"
+    write_wav(path, audio, 16000)
+    fast = WavSource(path, block_s=0.05)
+    assert not fast.live and fast.block == round(BATCH_BLOCK_S * 16000)
+    live = WavSource(path, block_s=0.5, realtime=True)
+    assert live.live and live.block == 8000  # live audio keeps its block (latency)
+    live.realtime = False  # ... but is not paced here: the test needs no 6 s of wall time
+    conformer = Conformer(16000, 1, 16000)
+    det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "d", T0)
+    inline = Pipeline(fast, conformer, det, FanOut([Collect()]))
+    assert inline.inline and not Pipeline(live, conformer, det, FanOut([Collect()])).inline
+    got_fast, stats_fast = run_pipeline(model, fast)
+    got_live, stats_live = run_pipeline(model, live)
+    assert got_fast and [(d.event_id, d.start, d.end) for d in got_fast] == \
+        [(d.event_id, d.start, d.end) for d in got_live]
+    assert stats_fast["audio_s"] == stats_live["audio_s"] == 6.0
+
+
+def test_inline_pipeline_stops_when_asked_and_reports_a_source_error_after_finishing(
+        model, tmp_path):
+    class Failing(Source):
+        sample_rate, channels, live, description = 16000, 1, False, "fails after 2 s"
+
+        def run(self, put, stop):
+            audio = burst_audio(2.0, [(0.5, 0.3, 0.95)])
+            put(audio[:, None])
+            raise OSError("disk gone")
+
+    got, det = Collect(), Detector(model.window_fn, model.card, model_geometry(model.card),
+                                   DECODER, "d", T0)
+    pipe = Pipeline(Failing(), Conformer(16000, 1, 16000), det, FanOut([got]))
+    pipe.start()
+    assert pipe.join(30)
+    assert isinstance(pipe.error, OSError)  # what was read is still finished:
+    assert any(d.label == "loud" and d.stream_start_s == 0.5 for d in got)
+    assert pipe.stats()["audio_s"] == 2.0
+
+    class Endless(Source):
+        sample_rate, channels, live, description = 16000, 1, False, "never ends"
+
+        def run(self, put, stop):
+            while not stop.is_set():
+                put(np.zeros((1600, 1), np.float32))
+
+    det = Detector(model.window_fn, model.card, model_geometry(model.card), DECODER, "d", T0)
+    pipe = Pipeline(Endless(), Conformer(16000, 1, 16000), det, FanOut([Collect()]))
+    pipe.start()
+    pipe.stop()
+    assert pipe.join(30) and pipe.error is None
+
+
 def test_pipeline_resamples_stereo_48k(model, tmp_path):
     bursts = regular_bursts(4.0)
     mono = burst_audio(4.0, bursts, sample_rate=48000)
