@@ -22,7 +22,6 @@ import logging
 import os
 import random
 import socket
-import ssl
 import stat
 import threading
 from collections.abc import Callable
@@ -131,6 +130,8 @@ def make_client(cfg: MqttConfig, client_id: str, password: str | None, *,
                 manual_ack: bool = False) -> Any:
     """A configured paho client (credentials, TLS, last will, backoff), not yet connected.
     `will` is (topic, payload), published retained at QoS 1 if the connection dies."""
+    import ssl  # lazily: start-up without MQTT must not pay for it
+
     from paho.mqtt import client as mqtt
 
     client = _client_class()(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -168,6 +169,8 @@ _CHECK_CREDENTIALS = ("check mqtt.username (--mqtt-username) and the password fi
 def connect_error_cause(cfg: MqttConfig, err: BaseException | None) -> str:
     """Why a TCP/TLS connection attempt failed, in words a person can act on."""
     address, port = broker_address(cfg), broker_port(cfg)
+    import ssl  # lazily: start-up without MQTT must not pay for it
+
     if isinstance(err, ssl.SSLCertVerificationError):
         detail = err.verify_message or str(err)
         if "hostname" in detail.lower() or "mismatch" in detail.lower():

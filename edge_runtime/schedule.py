@@ -38,7 +38,6 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from edge_runtime.contract.errors import UserError
-from edge_runtime.contract.recorder import zone
 from edge_runtime.label_filter import did_you_mean
 
 SUN_EVENTS = ("sunrise", "sunset", "dawn", "dusk")
@@ -112,6 +111,8 @@ class Schedule:
                  lat: float | None = None, lon: float | None = None, polar: str = "skip",
                  where: str = "schedule") -> None:
         self.windows = tuple(windows)
+        from edge_runtime.contract.recorder import zone  # lazily: keeps start-up short
+
         self.tz = zone(tz, f"{where}.timezone")
         if polar not in POLAR_RULES:
             raise UserError(f"{where}.polar {polar!r}: choose {' or '.join(POLAR_RULES)}")
