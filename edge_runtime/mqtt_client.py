@@ -73,7 +73,6 @@ def broker_address(cfg: MqttConfig) -> str:
 
 
 # ------------------------------------------------------------------------- the password
-_FROM_ENV: dict[str, str] = {}  # variables already taken out of the environment
 
 
 def read_password(cfg: MqttConfig) -> str | None:
@@ -99,9 +98,12 @@ def read_password(cfg: MqttConfig) -> str | None:
         return text.rstrip("\r\n")
     if not cfg.password_env:
         return None
+    # Taken out of the environment on first read and kept on this config object (not in a
+    # module global: a later run in the same process must not inherit an old password).
+    taken = cfg.__dict__.setdefault("_password_from_env", {})
     if cfg.password_env in os.environ:
-        _FROM_ENV[cfg.password_env] = os.environ.pop(cfg.password_env)
-    return _FROM_ENV.get(cfg.password_env)
+        taken[cfg.password_env] = os.environ.pop(cfg.password_env)
+    return taken.get(cfg.password_env)
 
 
 # ------------------------------------------------------------------------- the client

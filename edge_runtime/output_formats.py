@@ -104,9 +104,11 @@ def default_rtypes() -> list[str]:
     """What `meerkit analyze` wrote before `--rtype` existed: per-file Raven tables and
     events.csv, plus events.parquet when pyarrow is installed (looked up, not imported:
     pyarrow would hold ~36 MB for the whole run; it is imported to write, at the end)."""
-    if importlib.util.find_spec("pyarrow") is None:
-        return ["raven", "csv"]
-    return ["raven", "csv", "parquet"]
+    try:
+        found = importlib.util.find_spec("pyarrow") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as missing
+        found = False
+    return ["raven", "csv", "parquet"] if found else ["raven", "csv"]
 
 
 def write_outputs(out: str | Path, rtypes: Sequence[str], rows: Sequence[EventRow],
