@@ -3,15 +3,12 @@ devices, pick one from `audio.mic_device`, and keep ALSA's start-up noise off st
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
-import os
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.quiet import quiet_stderr
 
 log = logging.getLogger(__name__)
 
@@ -22,32 +19,6 @@ def import_pyaudio():
     except ImportError:
         raise UserError("microphone input needs PyAudio: `pip install 'meerkit[mic]'` "
                         "(and `apt install portaudio19-dev` before it)") from None
-
-
-@contextlib.contextmanager
-def quiet_stderr(logger: logging.Logger | None = None) -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null for the duration, unless `logger` (default: the
-    edge_runtime logger) is at debug level.
-
-    PortAudio's start-up and format probing make ALSA and JACK print dozens of lines
-    ("ALSA lib pcm.c: Unknown PCM cards.pcm.rear", "jack server is not running") straight
-    to fd 2, from C, at every start of a recorder; they bury the journal's real messages.
-    Only the file descriptor can silence C code; anything another thread logs meanwhile is
-    lost too, so keep the block short (device set-up happens before the threads start)."""
-    logger = logger or logging.getLogger("edge_runtime")
-    if logger.isEnabledFor(logging.DEBUG):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 @dataclass(frozen=True)

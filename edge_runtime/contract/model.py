@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_runtime.contract.card import ModelCard, read_card
 from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.quiet import quiet_stderr
 from edge_runtime.contract.windows import WindowGeometry, WindowStarts
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ class TFLiteModel:
         self.card = read_card(self.path)  # refuses card-less or non-TFLite files first
         cls, self.backend = interpreter_class()
         try:
-            self.interpreter = cls(model_path=str(self.path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter = cls(model_path=str(self.path), num_threads=threads)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise UserError(f"{self.path}: the TFLite interpreter ({self.backend}) cannot load "
                             f"it: {err}") from None
