@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
 
 from edge_runtime.batch_clips import CLIP_FORMATS
+from edge_runtime.contract.command_line import add_deprecated
 from edge_runtime.output_formats import RTYPES
 
 log = logging.getLogger("edge_runtime.batch")
@@ -42,28 +42,6 @@ warning.
 exit status: 0 every file analysed (a truncated WAV is analysed up to its end and reported as
 a warning), 1 some files failed (listed at the end; the rest are done), 2 usage error.
 """
-
-
-class DeprecatedAlias(argparse.Action):
-    """An old spelling of a flag: does what the new flag does, hidden from --help, and logs
-    "--old is deprecated; use --new" each time it is used."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: argparse.Action,
-                 **kwargs: Any):
-        kwargs.update(nargs=new.nargs, type=new.type, metavar=new.metavar,
-                      default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        super().__init__(option_strings, dest, **kwargs)
-        self.new = new
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        log.warning("%s is deprecated; use %s", option_string, self.new.option_strings[0])
-        self.new(parser, namespace, values, option_string)
-
-
-def add_deprecated(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str,
-                   new: argparse.Action) -> None:
-    parser.add_argument(old, action=DeprecatedAlias, dest=new.dest, new=new)
 
 
 def threshold_value(text: str) -> tuple[str, float]:

@@ -9,6 +9,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field, fields
 
+from edge_runtime.contract.command_line import add_deprecated
 from edge_runtime.contract.settings import flag_name, from_mapping, help_text
 from edge_runtime.mqtt_client import MqttConfig
 from server.validate import MAX_CLIP_PAYLOAD
@@ -53,19 +54,6 @@ or database error.
 """
 
 
-class _Deprecated(argparse.Action):
-    """An old spelling: sets the new flag's value and remembers to warn."""
-
-    def __init__(self, option_strings, dest, new: str, **kwargs):
-        self.new = new
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
-        seen = getattr(namespace, "deprecated_flags", None) or []
-        namespace.deprecated_flags = [*seen, (option_string, self.new)]
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "subscribe", help="store MQTT detections from edge devices in SQLite or PostgreSQL",
@@ -78,13 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         new, dest = flag_name("mqtt", name), f"mqtt__{name}"
         text = help_text(specs[name]) + SERVER_NOTES.get(name, "")
         if specs[name].type in (bool, "bool"):
-            b.add_argument(new, dest=dest, action=argparse.BooleanOptionalAction, default=None,
-                           help=text)
+            action = b.add_argument(new, dest=dest, action=argparse.BooleanOptionalAction,
+                                    default=None, help=text)
         else:
-            b.add_argument(new, dest=dest, default=None, metavar=name.upper(), help=text)
+            action = b.add_argument(new, dest=dest, default=None, metavar=name.upper(),
+                                    help=text)
         if old:
-            zero = {"nargs": 0, "const": True} if specs[name].type in (bool, "bool") else {}
-            b.add_argument(old, dest=dest, action=_Deprecated, new=new, **zero)
+            add_deprecated(b, old, action)
     b.add_argument("--group", default="", metavar="NAME",
                    help="shared subscription $share/NAME/...: subscribers in one group split "
                         "the messages (default: none, receive everything)")
@@ -124,8 +112,6 @@ class _Sections:  # so that messages name the flag: "--mqtt-port 70000 is out of
 def subscribe_handler(args: argparse.Namespace) -> int:
     from server.subscriber import SubscriberConfig, subscribe
 
-    for old, new in dict(getattr(args, "deprecated_flags", None) or []).items():
-        log.warning("%s is deprecated; use %s", old, new)
     cfg = SubscriberConfig(mqtt=mqtt_settings(args), group=args.group, db=args.db,
                            table=args.table, max_messages=args.max_messages,
                            timeout_s=args.timeout, print_format=args.print_format,

@@ -9,8 +9,11 @@ import argparse
 import logging
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from edge_runtime.contract.errors import quiet_broken_pipe, run_handler
+
+log = logging.getLogger(__name__)
 
 # Python loggers of libraries some commands pull in, and the level they get unless -v: their
 # INFO/WARNING chatter (TensorFlow/absl start-up, matplotlib's font cache, paho's connects)
@@ -93,3 +96,25 @@ def run_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None
             parser.print_help()
             return 2
         return run_handler(args.func, args, prog)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: does what the new flag does, hidden from --help, and logs
+    "--old is deprecated; use --new" each time it is used."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: argparse.Action,
+                 **kwargs: Any):
+        kwargs.update(nargs=new.nargs, type=new.type, metavar=new.metavar,
+                      default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        log.warning("%s is deprecated; use %s", option_string, self.new.option_strings[0])
+        self.new(parser, namespace, values, option_string)
+
+
+def add_deprecated(parser: argparse.ArgumentParser | argparse._ArgumentGroup, old: str,
+                   new: argparse.Action) -> None:
+    parser.add_argument(old, action=DeprecatedAlias, dest=new.dest, new=new)
