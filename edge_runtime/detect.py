@@ -258,7 +258,6 @@ class Pipeline:
         self.inline = not source.live
         self.ring = RingBuffer(round(buffer_s * source.sample_rate), wait_when_full=not source.live,
                                clock=clock)
-        self.clock = clock
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.busy_s = 0.0  # inference-thread time spent processing (not waiting)

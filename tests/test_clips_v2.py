@@ -21,11 +21,12 @@ from edge_runtime.contract.card import read_card
 from edge_runtime.contract.times import iso_utc
 from edge_runtime.contract.wav import read_wav
 from edge_runtime.detect import Detection
-from edge_runtime.message import clip_message, event_id, message_builder
+from edge_runtime.message import clip_message, message_builder
 from edge_runtime.mqtt_client import MqttConfig
 from edge_runtime.outbox import CLIP_SHARE, FULL, ROW_OVERHEAD, STORED, Outbox
 from edge_runtime.publish import MqttPublisher, clip_topic
 from edge_runtime.sinks.clips import ClipRecorder
+from tests.test_sinks import detection as det
 from tests.test_subscribe import Running, config, dead_letters, detection, publish, rows, topic
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "edge_runtime" / "contract" / "schemas"
@@ -177,13 +178,6 @@ def test_hostile_clips_are_dead_letters_and_the_good_one_is_stored(broker, tmp_p
 
 
 # ------------------------------------------------------------------------- device side
-def det(i: int, label: str = "loud") -> Detection:
-    start = 0.5 + i
-    onset = round((T0 + start) * SR)
-    return Detection(event_id("dev", "sha", label, onset), label, T0 + start, T0 + start + 0.3,
-                     0.9, 0.8, onset, start, start + 0.3)
-
-
 class Clock:
     def __init__(self) -> None:
         self.t = 0.0

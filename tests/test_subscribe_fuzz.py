@@ -18,14 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, Phase, given, settings  # in [dev]: a missing one must fail
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from server.stores import open_store  # noqa: E402
-from server.subscriber import Subscriber, SubscriberConfig  # noqa: E402
-from tests.test_subscribe import mqtt  # noqa: E402
+from server.stores import open_store
+from server.subscriber import Subscriber, SubscriberConfig
+from tests.test_subscribe import mqtt
 
 EXAMPLES = 1200
 BURST = 400
