@@ -26,9 +26,9 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def distill_command(args: argparse.Namespace) -> int:
-    from export.augment import AugmentConfig
     from export.distill import DistillConfig, distill
     from export.student import ARCHS
+    from train.augment import AugmentConfig
 
     _threads(args)
     if args.arch is not None and args.arch not in ARCHS:

@@ -2,7 +2,7 @@
 
 Data: fixed windows (the student's deployment window, 50 % overlap) of labelled audio
 (`train`) and unlabelled audio (`pretrain`), kept as raw audio in memory so every step can
-augment them (export/augment.py: gain, time shift, noise, background clips from the
+augment them (train/augment.py: gain, time shift, noise, background clips from the
 unlabelled pool, mixup, SpecAugment masks on the log-mel).
 
 Targets per step:
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.windows import WindowGeometry
-from export.augment import AugmentConfig
+from train.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +222,11 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
     `teacher_path` is None); writes `out` (student checkpoint) and returns it."""
     from tqdm import tqdm
 
-    from export.augment import augment_batch, mask_features
     from export.backends import geometry_for, sigmoid, torch_student_window_fn, track_files
     from export.decoder_search import tune_decoder
     from export.source import load_source
     from export.student import LogMel, Student, StudentSpec, arch, default_frontend, save_student
+    from train.augment import augment_batch, mask_features
     from train.checkpoint import load_model, weights_sha256
     from train.data.dataset import Dataset
     from train.data.torch_data import select_files

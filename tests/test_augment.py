@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from edge_runtime.contract.errors import UserError
-from export.augment import AugmentConfig, augment_batch, draw_masks, mask_features
+from train.augment import AugmentConfig, augment_batch, draw_masks, mask_features
 
 SR, HOP, FRAMES, C = 16000, 320, 100, 6  # 2 s windows at 50 fps
 OFF = AugmentConfig.none()

@@ -61,13 +61,15 @@ def synth(tmp_path_factory) -> Path:
 
 
 def finetune_args(data: Path, out: Path, batch_size: int) -> list[str]:
-    # From scratch, no mixup, no masking, no dropout (the tiny preset has none): the same
+    # From scratch, no augmentation or mixup (drawn per rank), no masking, no dropout (the
+    # tiny preset has none): the same
     # global batch gives the same step. `--meta default` adds the metadata heads (including
     # an adversarial one) whose losses divide by per-batch counts.
     return ["finetune", "--data", str(data), "--out", str(out), "--preset", "tiny",
             "--clip-s", "1", "--steps", str(STEPS), "--batch-size", str(batch_size),
             "--val=", "--device", "cpu", "--no-progress", "--meta", "default",
-            "--set", "mixup_prob=0", "--set", "mask_prob=0"]
+            "--set", "mixup_prob=0", "--set", "mask_prob=0",
+            "--set", "augment=false"]
 
 
 def read_metrics(run: Path) -> list[dict[str, float]]:

@@ -14,7 +14,6 @@ import torch
 from edge_runtime.contract.card import read_card
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.wav import write_wav
-from export.augment import AugmentConfig
 from export.backends import onnx_window_fn, tflite_window_fn
 from export.distill import DistillConfig, distill, resample_frames, teacher_tracks
 from export.quantize import CalibrationConfig, calibration_set, check_budget, quantize
@@ -23,6 +22,7 @@ from export.student import Student, StudentConfig, load_student
 from export.tflite import check_operators, export_tflite
 from export.verify import verify
 from meerkit.cli import main
+from train.augment import AugmentConfig
 from train.checkpoint import load_model
 from train.config import FinetuneConfig, ModelConfig
 from train.data.dataset import Dataset

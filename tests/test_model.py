@@ -95,10 +95,26 @@ def test_frame_count_formula_matches_the_model(tiny, n_samples):
     assert tiny.n_frames(n_samples) == n_samples // 320 == out.frame_logits.shape[1]
 
 
+def test_centring_removes_a_recording_gain_and_old_checkpoints_load_without_it():
+    """A gain is a constant log offset per band: centred envelopes do not see it, uncentred
+    ones do; a spec saved before the field existed rebuilds an uncentred model."""
+    audio = torch.randn(2, 16000) * 0.05
+    centred, plain = _model().eval(), _model(frontend_centring=False).eval()
+    with torch.no_grad():
+        loud = 10 ** (12 / 20) * audio
+        # (not exactly: the log floor is not scaled with the gain)
+        assert torch.allclose(centred.features(audio), centred.features(loud), atol=3e-3)
+        assert not torch.allclose(plain.features(audio), plain.features(loud), atol=0.1)
+    spec = centred.spec()
+    del spec["model"]["frontend_centring"]
+    assert Animal2Vec.from_spec(spec).config.frontend_centring is False
+
+
 def test_frames_see_exactly_their_centred_receptive_field(tiny):
     """Perturb one sample: exactly the frames whose receptive field (centred on the frame's
-    time span) contains it change, confirming receptive_field_samples and the padding."""
-    model = _model().eval()
+    time span) contains it change, confirming receptive_field_samples and the padding.
+    Centring subtracts a clip-wide mean, so it is off here (its own test follows)."""
+    model = _model(frontend_centring=False).eval()
     audio = torch.randn(1, 8000) * 0.1
     sample = 4321
     bumped = audio.clone()

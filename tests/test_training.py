@@ -67,7 +67,9 @@ def test_pretraining_moves_the_ema_teacher_and_writes_a_model(synth, tmp_path):
     # The front-end BatchNorm was fitted on the data, then left alone (frontend_norm=frozen).
     norm = model.frontend_norm
     assert torch.equal(norm.weight, initial.frontend_norm.weight)
-    assert norm.running_mean.abs().mean() > 1.0  # log envelopes sit around -7 nepers
+    # Centred envelopes have mean ~0; the fitted variance is the data's, not the initial 1.
+    assert norm.running_mean.abs().mean() < 0.1
+    assert (norm.running_var - 1).abs().mean() > 0.05
     assert norm.num_batches_tracked.item() > 0
 
 
@@ -300,7 +302,10 @@ def test_configs_stored_before_optim_config_load_unchanged():
     assert pre == PretrainConfig() and pre.to_dict() == OLD_PRETRAIN
     fine = FinetuneConfig.from_dict(OLD_FINETUNE)
     assert isinstance(fine, OptimConfig)
-    assert json.loads(json.dumps(fine.to_dict())) == OLD_FINETUNE  # as a checkpoint stores it
+    # As a checkpoint stores it; fields added since (augment) take their defaults.
+    stored = json.loads(json.dumps(fine.to_dict()))
+    assert {k: v for k, v in stored.items() if k in OLD_FINETUNE} == OLD_FINETUNE
+    assert set(stored) - set(OLD_FINETUNE) == {"augment"}
     assert (fine.lr, fine.grad_accum, fine.weight_decay, fine.grad_clip, fine.amp) == (
         1e-3, 2, 0.05, 0.5, "fp32")
     assert fine.metadata_heads == (MetadataHeadConfig("location", "location", weight=0.1),)

@@ -1,6 +1,6 @@
 """Finetuning the teacher for frame-level multi-label event detection.
 
-Per step: optionally mix two clips (labels = union of both clips' events); mask frames as
+Per step: augment the waveforms (gain, shift, noise, background; `augment`), optionally mix two clips (labels = union of both clips' events); mask frames as
 regularisation; focal loss on frame logits; plus the MetaPerch metadata heads on the pooled
 embedding (standard heads teach where/when, adversarial ones unlearn e.g. the recorder). For
 the first `freeze_encoder_steps` of a run from a pretrained model only the heads learn; the
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edge_runtime.contract.errors import UserError
+from train.augment import AugmentConfig, augment_batch
 from train.checkpoint import load_model, save_model
 from train.config import FinetuneConfig, ModelConfig
 from train.data.dataset import Dataset
@@ -80,6 +81,30 @@ def mixup(batch: dict[str, Any], prob: float, generator: torch.Generator) -> dic
     mixed["targets"] = torch.maximum(batch["targets"], batch["targets"][perm])
     mixed["valid"] = {k: v & (perm == torch.arange(n)) for k, v in batch["valid"].items()}
     return mixed
+
+
+# The students' waveform augmentations; mixup is the teacher's own (`mixup`, which also
+# hides a mixed clip's metadata) and there is no log-mel to SpecAugment.
+TEACHER_AUGMENT = AugmentConfig(mixup_p=0.0, spec_p=0.0)
+BACKGROUND_CLIPS = 256  # at most this many unlabelled clips stay in memory for mixing
+BACKGROUND_FILES = 64  # ... drawn from at most this many files
+
+
+def background_pool(dataset: Dataset, clip_s: float, frame_rate_hz: float, seed: int
+                    ) -> torch.Tensor | None:
+    """Up to BACKGROUND_CLIPS clips (clips, samples) of the unlabelled `pretrain` split, a
+    seeded choice; None when the dataset has no such split."""
+    if "pretrain" not in set(dataset.splits.values()):
+        return None
+    files = dataset.files_in("pretrain")
+    generator = torch.Generator().manual_seed(seed)
+    # Decode only a seeded sample of files: a large pool need not pass through memory.
+    pick = torch.randperm(len(files), generator=generator)[:BACKGROUND_FILES].tolist()
+    clips = ClipDataset(dataset, [files[i] for i in sorted(pick)], clip_s, frame_rate_hz,
+                        labelled=False)
+    order = torch.randperm(len(clips), generator=generator)
+    return torch.stack([torch.from_numpy(clips.clips[i].audio)
+                        for i in order[:BACKGROUND_CLIPS].tolist()])
 
 
 class FinetuneObjective(nn.Module):
@@ -163,6 +188,8 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
     gen = GeneratorState(options.seed + 2)
     batches = ResumableBatches(clips, config.batch_size, options.seed, collate, runtime.rank,
                                runtime.world_size)
+    background = background_pool(dataset, options.clip_s, fr, options.seed) if config.augment else None
+    augment = TEACHER_AUGMENT
     best = {"macro_ap": -math.inf}
 
     class Best:  # resumable record of the best validation score
@@ -182,6 +209,10 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
     path = options.out / "model.pt"
 
     def step_fn(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if config.augment:
+            moved = augment_batch(batch["audio"], batch["targets"], augment, gen.generator,
+                                  background=background, hop_length=model.config.total_stride)
+            batch = {**batch, "audio": moved.audio, "targets": moved.labels}
         batch = mixup(batch, config.mixup_prob, gen.generator)
         dev = runtime.device
         audio = batch["audio"].to(dev, non_blocking=True)

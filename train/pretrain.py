@@ -111,7 +111,7 @@ def fit_frontend_norm(model: Animal2Vec, clips: torch.utils.data.Dataset, n_clip
     for start in range(0, len(order), batch_size):
         audio = collate([clips[i] for i in order[start:start + batch_size]])["audio"]
         x = F.pad(audio.to(device), model.config.frame_padding)
-        norm(model.frontend(x))
+        norm(model.envelopes(x))
     norm.momentum = momentum
     norm.train(was_training)
 

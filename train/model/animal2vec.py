@@ -118,21 +118,41 @@ class Animal2Vec(nn.Module):
         return self
 
     # -- forward
-    def features(self, audio: torch.Tensor) -> torch.Tensor:
+    def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, samples) -> (batch, frames, dim); frames = samples // total_stride."""
         if audio.dim() != 2:
             raise ValueError(f"audio must be (batch, samples), got shape {tuple(audio.shape)}")
         if self.features_frozen and torch.is_grad_enabled():
             with torch.no_grad():
-                return self.features(audio)
+                return self.features(audio, lengths)
         x = F.pad(audio, self.config.frame_padding)  # centre frames on their time span
-        return self.encoder(self.frontend_norm(self.frontend(x)), self.feature_grad_mult)
+        return self.encoder(self.frontend_norm(self.envelopes(x, lengths)), self.feature_grad_mult)
+
+    def envelopes(self, padded_audio: torch.Tensor, lengths: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """Sinc log envelopes (batch, bands, steps), centred per clip and band when the
+        config says so (`ModelConfig.frontend_centring`): the mean spans each clip's own
+        steps (`lengths` in samples for a padded batch), so a clip gives the same envelopes
+        alone and padded."""
+        env = self.frontend(padded_audio)
+        if not self.config.frontend_centring:
+            return env
+        if lengths is None:
+            return env - env.mean(-1, keepdim=True)
+        c = self.config
+        left, right = c.frame_padding
+        steps = torch.div(lengths + left + right - c.sinc_kernel, c.sinc_stride,
+                          rounding_mode="floor") + 1
+        keep = torch.arange(env.shape[-1], device=env.device)[None, :] < steps[:, None]
+        keep = keep.to(env.dtype)[:, None, :]
+        mean = (env * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True).clamp(min=1)
+        return env - mean
 
     def forward(self, audio: torch.Tensor, mask: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None) -> Output:
         """audio (batch, samples); mask (batch, frames) True = replace by the mask embedding;
         lengths (batch,) valid samples per clip when the batch is padded."""
-        return self.forward_features(self.features(audio), mask, lengths)
+        return self.forward_features(self.features(audio, lengths), mask, lengths)
 
     def forward_features(self, features: torch.Tensor, mask: torch.Tensor | None = None,
                          lengths: torch.Tensor | None = None) -> Output:
@@ -206,7 +226,9 @@ class Animal2Vec(nn.Module):
     def from_spec(cls, spec: dict[str, Any]) -> Animal2Vec:
         heads = [MetadataHeadConfig.from_dict(h, f"metadata_heads[{i}]")
                  for i, h in enumerate(spec.get("metadata_heads", ()))]
-        return cls(ModelConfig.from_dict(spec["model"], "model"), metadata_heads=heads)
+        # Checkpoints from before `frontend_centring` existed were trained without it.
+        model = {"frontend_centring": False, **spec["model"]}
+        return cls(ModelConfig.from_dict(model, "model"), metadata_heads=heads)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

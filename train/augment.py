@@ -1,4 +1,4 @@
-"""Augmentations for student training, deterministic given a `torch.Generator`.
+"""Augmentations for teacher finetuning and student training, deterministic given a `torch.Generator`.
 
 Waveform, per window of a batch (batch, samples), in this order: random gain, a time shift by
 a whole number of frames (so frame tracks shift with it), additive white noise at a random
