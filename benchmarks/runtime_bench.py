@@ -15,13 +15,15 @@ Measures, each in a fresh subprocess that imports only edge_runtime (as on a dev
    on the same file (target <= 100 MB);
 4. start-up: `edge-runtime` launched -> its first window computed (median and max of 5
    launches; target <= 0.3 s);
-5. detection latency at the firmware profiles' hops and capture blocks
+5. detection latency at the firmware profiles' hops, lookaheads and capture blocks
    (firmware_configs/*.toml): the file replayed in real time into a local mosquitto;
    latency = MQTT arrival at a subscriber - the event's end time in the message (the end of
    the call on the stream's clock, which real-time pacing ties to the wall clock). Target:
-   max <= 1 s. Reported with what bounds it: a call's last frame is final once the window in
-   which it is central has been read ((window + hop) / 2 later, plus one frame and one
-   capture block), and the event is closed only after the merge gap has passed silent;
+   max <= 1 s. Reported with what bounds it: a call's last frame is final once the window
+   that owns it has been read (hop + lookahead later; centred, the lookahead is
+   (window - hop) / 2; plus one frame and one capture block), and the event is closed only
+   after the merge gap has passed silent (benchmarks/lookahead_bench.py: what a shorter
+   lookahead costs in detections);
 6. resampling (`audio.Conformer`, soxr HQ) per audio second at 32, 44.1 and 48 kHz, and
    the pass-through cost at the model's rate;
 7. the anchor, in the same run: BirdNET V2.4 FP32's bare `invoke()` per audio second (3 s
@@ -80,10 +82,12 @@ def throughput(model: Path, wav: Path, hop: float) -> dict:
     return json.loads(lines[-1][len("REPORT "):])
 
 
-def latency(model: Path, wav: Path, hop: float, block_s: float, workdir: Path) -> dict:
+def latency(model: Path, wav: Path, hop: float, block_s: float, workdir: Path,
+            lookahead_s: float | None = None) -> dict:
     from conftest import Collector, Mosquitto, start_runtime
 
     from edge_runtime.contract.card import read_card
+    from edge_runtime.contract.model import model_geometry
     from edge_runtime.detect import decoder_settings
 
     card = read_card(model)
@@ -92,6 +96,8 @@ def latency(model: Path, wav: Path, hop: float, block_s: float, workdir: Path) -
         sub = Collector(broker)
         rt = start_runtime("--model", str(model), "--input", str(wav), "--realtime",
                            "--model-hop-s", str(hop), "--audio-block-s", str(block_s),
+                           *(("--model-lookahead-s", str(lookahead_s))
+                             if lookahead_s is not None else ()),
                            "--device-id", "bench",
                            "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port),
                            "--outbox-path", str(workdir / "outbox.sqlite"),
@@ -106,17 +112,20 @@ def latency(model: Path, wav: Path, hop: float, block_s: float, workdir: Path) -
         sub.close()
     finally:
         broker.kill()
-    # What bounds it: the call's last frame is final when the window in which it is central
-    # has been read ((window + hop) / 2 after it, one frame and one capture block more), and
-    # the event closes only once the merge gap after it has passed below threshold.
+    # What bounds it: the call's last frame is final when the window that owns it has been
+    # read (hop + lookahead after it; centred, lookahead = (window - hop) / 2; one frame and
+    # one capture block more), and the event closes only once the merge gap after it has
+    # passed below threshold.
     merge_gap = float(np.max(decoder_settings(card).per_class("merge_gap_s", card.labels)))
-    frames = (card.window_s + hop) / 2 + 1 / card.frame_rate_hz + block_s
+    ahead = model_geometry(card, hop, lookahead_s).lookahead_frames / card.frame_rate_hz
+    frames = hop + ahead + 1 / card.frame_rate_hz + block_s
     bound = {"frames_final_s": frames, "merge_gap_s": merge_gap, "structural_s": frames + merge_gap}
     lat = [t - datetime.fromisoformat(m["end"].replace("Z", "+00:00")).timestamp()
            for m, t in arrivals]
     if not lat:
-        return {"hop_s": hop, "block_s": block_s, "detections": 0, "bound": bound}
-    return {"hop_s": hop, "block_s": block_s, "detections": len(lat),
+        return {"hop_s": hop, "block_s": block_s, "lookahead_s": lookahead_s, "detections": 0,
+                "bound": bound}
+    return {"hop_s": hop, "block_s": block_s, "lookahead_s": lookahead_s, "detections": len(lat),
             "latency_median_s": float(np.median(lat)),
             "latency_p95_s": float(np.percentile(lat, 95)), "latency_max_s": float(max(lat)),
             "bound": bound,
@@ -140,15 +149,15 @@ def bench_model(model: Path, label: str, args: argparse.Namespace, tmp: Path) ->
     if not short.exists():
         long_wav(short, args.latency_s, card.sample_rate)
     lats = []
-    for k, (p_hop, p_block, names) in enumerate(profile_settings()):
+    for k, (p_hop, p_block, p_ahead, names) in enumerate(profile_settings()):
         try:
-            model_geometry(card, p_hop)
+            model_geometry(card, p_hop, p_ahead)
         except UserError as err:  # e.g. a hop that is not a whole number of this model's frames
             lats.append({"hop_s": p_hop, "block_s": p_block, "profiles": names,
                          "skipped": str(err), "detections": 0})
             continue
-        lats.append({**latency(model, short, p_hop, p_block, tmp / f"lat-{card.name}-{k}"),
-                     "profiles": names})
+        lats.append({**latency(model, short, p_hop, p_block, tmp / f"lat-{card.name}-{k}",
+                               p_ahead), "profiles": names})
     measured = [x for x in lats if "latency_max_s" in x]
     lat = max(measured, key=lambda x: x["latency_max_s"]) if measured else {"detections": 0}
     start = startup(model, short)

@@ -251,17 +251,20 @@ def analyze_rss(model: Path, wav: Path, workdir: Path) -> dict:
     return {**r, "target_mb": 100}
 
 
-def profile_settings() -> list[tuple[float, float, str]]:
-    """(hop_s, block_s, profile names) of firmware_configs/*.toml, one per distinct pair."""
+def profile_settings() -> list[tuple[float, float, float | None, str]]:
+    """(hop_s, block_s, lookahead_s or None, profile names) of firmware_configs/*.toml, one
+    per distinct setting."""
     import tomllib
 
-    pairs: dict[tuple[float, float], list[str]] = {}
+    groups: dict[tuple[float, float, float | None], list[str]] = {}
     for path in sorted((REPO / "firmware_configs").glob("*.toml")):
         cfg = tomllib.loads(path.read_text())
-        hop = float(cfg.get("model", {}).get("hop_s", 0.0))
+        model = cfg.get("model", {})
+        hop = float(model.get("hop_s", 0.0))
+        lookahead = float(model["lookahead_s"]) if "lookahead_s" in model else None
         block = float(cfg.get("audio", {}).get("block_s", 0.1))
-        pairs.setdefault((hop, block), []).append(path.stem)
-    return [(hop, block, ", ".join(names)) for (hop, block), names in pairs.items()]
+        groups.setdefault((hop, block, lookahead), []).append(path.stem)
+    return [(*key, ", ".join(names)) for key, names in groups.items()]
 
 
 def birdnet_model(cache: Path = BIRDNET_CACHE) -> tuple[Path | None, str]:

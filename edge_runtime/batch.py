@@ -92,6 +92,7 @@ class AnalyzeConfig:
     channel: str = "mix"  # "mix" or a 0-based channel index
     hop_s: float | None = None  # window hop; None: the card's (or window - overlap_s)
     overlap_s: float | None = None  # window overlap, BirdNET-Analyzer's name for it
+    lookahead_s: float | None = None  # right context per frame; None: centred (model_geometry)
     audio_start_time: str | None = None  # ISO 8601 start of files without header or name time
     timezone: str | None = None  # IANA zone of names/headers in local time without an offset
     rtypes: list[str] | None = None  # output_formats.RTYPES; None: default_rtypes()
@@ -192,6 +193,7 @@ class FileSettings:
     start_time: datetime | None  # explicit start of files with no header or name time
     timezone: str | None
     clips: ClipSettings | None
+    lookahead_s: float | None = None
 
 
 class _Analyser:
@@ -199,7 +201,7 @@ class _Analyser:
 
     def __init__(self, model_path: str, settings: FileSettings, model: TFLiteModel | None = None):
         self.model = model or TFLiteModel(model_path, threads=1)
-        self.geometry = model_geometry(self.model.card, settings.hop_s)
+        self.geometry = model_geometry(self.model.card, settings.hop_s, settings.lookahead_s)
         self.settings = settings
 
     def run(self, job: Job) -> FileResult:
@@ -302,6 +304,7 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
     model = TFLiteModel(cfg.model, threads=1)  # refuses a card-less artifact before any work
     card = model.card
     hop_s = window_hop(card, cfg.hop_s, cfg.overlap_s)
+    model_geometry(card, hop_s, cfg.lookahead_s)  # a bad lookahead fails before any work
     decoder = decoder_settings(card, threshold=cfg.threshold, thresholds=cfg.thresholds,
                                hysteresis=cfg.hysteresis, min_duration_s=cfg.min_duration_s,
                                merge_gap_s=cfg.merge_gap_s,
@@ -316,11 +319,13 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
                 "min_duration_s": decoder.min_duration_s, "merge_gap_s": decoder.merge_gap_s,
                 "not_reported": [u.label for u in off], "channel": cfg.channel,
                 "hop_s": hop_s or card.hop_s,
+                # only when set, so manifests written before the option still match
+                **({"lookahead_s": cfg.lookahead_s} if cfg.lookahead_s is not None else {}),
                 "audio_start_time": start_time.isoformat() if start_time else None,
                 "timezone": cfg.timezone,
                 "clips": cfg.clips.describe() if cfg.clips else None}
     file_settings = FileSettings(decoder, cfg.channel, cfg.block_s, hop_s, start_time,
-                                 cfg.timezone, cfg.clips)
+                                 cfg.timezone, cfg.clips, cfg.lookahead_s)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = Summary(out=out, files=len(jobs), rtypes=rtypes)

@@ -99,6 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--model-hop-s", dest="hop_s", type=float, metavar="S",
                    help="window hop in seconds, edge-runtime's name (window - --overlap); "
                         "0 = the card's")
+    d.add_argument("--model-lookahead-s", dest="lookahead_s", type=float, metavar="S",
+                   help="right context each frame gets (edge-runtime's option; give the same "
+                        "value to reproduce a device's detections); default: centred")
     o = p.add_argument_group("outputs")
     o.add_argument("--rtype", metavar="TYPE[,TYPE...]",
                    help=f"output types, comma-separated: {', '.join(RTYPES)} (default: raven,"
@@ -143,6 +146,7 @@ def handler(args: argparse.Namespace) -> int:
                         hysteresis=args.hysteresis, min_duration_s=args.min_duration_s,
                         merge_gap_s=args.merge_gap_s, emit_undetectable=args.emit_undetectable,
                         channel=args.channel, hop_s=args.hop_s, overlap_s=args.overlap_s,
+                        lookahead_s=args.lookahead_s,
                         audio_start_time=args.audio_start_time, timezone=args.timezone,
                         rtypes=parse_rtypes(args.rtype) if args.rtype else None,
                         clips=ClipSettings(args.clips, args.clips_pre_s, args.clips_post_s,

@@ -218,7 +218,7 @@ def run(cfg: RuntimeConfig, report: dict[str, Any] | None = None, *,
     clock = clock or SystemClock()
     model = load_model(cfg)
     card = model.card
-    geometry = model_geometry(card, cfg.model.hop_s)
+    geometry = model_geometry(card, cfg.model.hop_s, cfg.model.lookahead_s)
     decoder = decoder_config(cfg, model)
     labels = label_filter(cfg, model)
     schedule = active_schedule(cfg)
@@ -332,7 +332,7 @@ def run_check(cfg: RuntimeConfig) -> int:
         import numpy as np
 
         model = load_model(cfg)
-        model_geometry(model.card, cfg.model.hop_s)
+        model_geometry(model.card, cfg.model.hop_s, cfg.model.lookahead_s)
         decoder_config(cfg, model)
         t0 = time.perf_counter()
         probs = model.window_fn(np.zeros((1, model.card.window_samples), np.float32))

@@ -106,6 +106,10 @@ class ModelConfig:
     threads: int = setting(1, help="TFLite interpreter threads", min=1, max=MAX_THREADS)
     hop_s: float = setting(0.0, help="window hop; 0 = the card's. Smaller = lower latency, more "
                                      "CPU", min=0, unit="s")
+    lookahead_s: float | None = setting(
+        None, help="right context a frame gets before it is final: events are published about "
+                   "hop + this after they end; unset = centred, (window - hop) / 2", min=0,
+        unit="s")
     thresholds: dict[str, float] = setting(
         help="per-label detection threshold, overrides the card's (LABEL=VALUE)",
         default_factory=dict, min=0, max=1)

@@ -90,6 +90,17 @@ def test_hop_override_must_be_whole_frames(energy_model):
         model_geometry(card, 2.0)
 
 
+def test_lookahead_moves_the_frames_a_window_owns(energy_model):
+    card = read_card(energy_model)  # 1 s windows of 50 frames
+    centred = model_geometry(card, 0.2)
+    assert (centred.lead, centred.lookahead_frames) == (20, 20)
+    g = model_geometry(card, 0.2, lookahead_s=0.1)
+    assert (g.lead, g.lookahead_frames) == (35, 5)
+    assert model_geometry(card, 0.2, lookahead_s=0.0).lead == 40
+    with pytest.raises(UserError, match="lookahead_s 0.9 must be in"):
+        model_geometry(card, 0.2, lookahead_s=0.9)
+
+
 def build_int8_logmel_tflite(path, int8_io: bool):
     """A full-int8 log-mel artifact (a 3-tap conv over 32 mels to 3 classes), with float or
     int8 input/output tensors: the quantise/dequantise steps of the runtime both ways."""

@@ -19,7 +19,10 @@ def fake_model(geometry: WindowGeometry):
 
 
 GEOMETRIES = [WindowGeometry(1600, 800, 50, 25, 16000), WindowGeometry(1600, 1600, 50, 50, 16000),
-              WindowGeometry(1600, 320, 50, 10, 16000), WindowGeometry(960, 640, 30, 20, 16000)]
+              WindowGeometry(1600, 320, 50, 10, 16000), WindowGeometry(960, 640, 30, 20, 16000),
+              # bounded lookahead (lower latency): 5 frames of right context, and none
+              WindowGeometry(1600, 320, 50, 10, 16000, lead_frames=35),
+              WindowGeometry(1600, 800, 50, 25, 16000, lead_frames=25)]
 
 
 @pytest.mark.parametrize("g", GEOMETRIES, ids=str)
@@ -68,3 +71,26 @@ def test_streaming_equals_batch_for_any_chunking(g):
 def test_hop_must_be_whole_frames():
     with pytest.raises(ValueError, match="whole number of frames"):
         WindowGeometry(1600, 810, 50, 25, 16000)
+
+
+@pytest.mark.parametrize("lead", [None, 35, 40])
+def test_a_frame_is_final_hop_plus_lookahead_after_it_is_heard(lead):
+    """Fed one frame of samples at a time, every frame is returned at most H + lookahead
+    frames after its own end (centred: (F + H) / 2), and never before F - lead - H."""
+    g = WindowGeometry(1600, 320, 50, 10, 16000, lead_frames=lead)
+    assert g.lookahead_frames == (20 if lead is None else 50 - lead - 10)
+    spf = g.window // g.frames
+    stream, lags = WindowedStream(g, fake_model(g)), []
+    audio = np.random.default_rng(0).standard_normal(200 * spf).astype(np.float32)
+    for i in range(200):
+        out = stream.push(audio[i * spf : (i + 1) * spf])
+        heard = i + 1  # frames of audio pushed so far
+        lags += [heard - (stream.frames_emitted - len(out) + j + 1) for j in range(len(out))]
+    steady = lags[g.frames:]  # after the first window, which also owns its leading frames
+    assert max(steady) <= g.hop_frames + g.lookahead_frames
+    assert min(steady) >= g.lookahead_frames
+
+
+def test_lead_frames_must_leave_a_whole_hop():
+    with pytest.raises(ValueError, match="lead_frames"):
+        WindowGeometry(1600, 320, 50, 10, 16000, lead_frames=41)

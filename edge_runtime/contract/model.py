@@ -66,16 +66,25 @@ def sigmoid_(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def model_geometry(card: ModelCard, hop_s: float = 0.0) -> WindowGeometry:
+def model_geometry(card: ModelCard, hop_s: float = 0.0, lookahead_s: float | None = None
+                   ) -> WindowGeometry:
     """Window geometry from the card; `hop_s` > 0 overrides the card's hop (device profiles
-    trade latency for CPU with it). The hop must be a whole number of output frames."""
+    trade latency for CPU with it). The hop must be a whole number of output frames.
+    `lookahead_s` (None: centred) is the right context every frame gets before it is final:
+    a frame is then published hop + lookahead after it was heard, not (window + hop) / 2."""
     hop = hop_s or card.hop_s
     if not 0 < hop <= card.window_s:
         raise UserError(f"model.hop_s {hop} must be in (0, window {card.window_s} s]")
+    frames, hop_frames = card.frames_per_window, round(hop * card.frame_rate_hz)
+    lead = None
+    if lookahead_s is not None:
+        lead = frames - hop_frames - round(lookahead_s * card.frame_rate_hz)
+        if lookahead_s < 0 or lead < 0:
+            raise UserError(f"model.lookahead_s {lookahead_s:g} must be in [0, window - hop = "
+                            f"{card.window_s - hop:g} s]")
     try:
-        return WindowGeometry(card.window_samples, round(hop * card.sample_rate),
-                              card.frames_per_window, round(hop * card.frame_rate_hz),
-                              card.sample_rate)
+        return WindowGeometry(card.window_samples, round(hop * card.sample_rate), frames,
+                              hop_frames, card.sample_rate, lead)
     except ValueError:
         raise UserError(f"model.hop_s {hop} is not a whole number of output frames "
                         f"(1/{card.frame_rate_hz:g} s each) for this model") from None

@@ -61,6 +61,7 @@ class WindowGeometry:
     frames: int  # F: frames per window
     hop_frames: int  # H: frames per hop
     sample_rate: int
+    lead_frames: int | None = None  # a; None: centred, (F - H) // 2
 
     def __post_init__(self) -> None:
         if not (0 < self.hop <= self.window and 0 < self.hop_frames <= self.frames):
@@ -68,11 +69,21 @@ class WindowGeometry:
         if self.hop * self.frames != self.hop_frames * self.window:
             raise ValueError(f"hop ({self.hop} samples) must be a whole number of frames "
                              f"({self.window / self.frames:g} samples each)")
+        if self.lead_frames is not None and not 0 <= self.lead_frames <= self.frames - self.hop_frames:
+            raise ValueError(f"lead_frames {self.lead_frames} must be in [0, F - H = "
+                             f"{self.frames - self.hop_frames}]")
 
     @property
     def lead(self) -> int:
-        """a: the first central frame of a window."""
+        """a: the first frame a window owns (centred unless `lead_frames` says otherwise)."""
+        if self.lead_frames is not None:
+            return self.lead_frames
         return (self.frames - self.hop_frames) // 2
+
+    @property
+    def lookahead_frames(self) -> int:
+        """Right context of the last frame a window owns: F - a - H."""
+        return self.frames - self.lead - self.hop_frames
 
     def total_frames(self, n_samples: int) -> int:
         return round(n_samples * self.frames / self.window)
