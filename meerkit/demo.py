@@ -42,11 +42,13 @@ def _cmd(name: str) -> str:
 
 
 class _Echo:
-    """Echoes a stage's output indented. Progress bars (tqdm lines arrive one per refresh)
-    redraw in place on a terminal and are thinned to one every 15 s in a log file."""
+    """Echoes a stage's output indented (after `prefix`, for stages run side by side).
+    Progress bars (tqdm lines arrive one per refresh) redraw in place on a terminal and are
+    thinned to one every 15 s in a log file or when several stages share the screen."""
 
-    def __init__(self, quiet_lines: str):
-        self.quiet, self.tty = quiet_lines, sys.stdout.isatty()
+    def __init__(self, quiet_lines: str, prefix: str = ""):
+        self.quiet, self.prefix = quiet_lines, prefix
+        self.tty = sys.stdout.isatty() and not prefix
         self.last_bar, self.bar_open = 0.0, False
 
     def __call__(self, line: str) -> None:
@@ -60,14 +62,14 @@ class _Echo:
                 self.bar_open = not done
             elif done or time.monotonic() - self.last_bar >= 15.0:
                 self.last_bar = time.monotonic()
-                print(f"    {text}", flush=True)
+                print(f"    {self.prefix}{text}", flush=True)
             return
         if not text.strip():
             return
         if self.bar_open:
             print(flush=True)
             self.bar_open = False
-        print(f"    {text}", flush=True)
+        print(f"    {self.prefix}{text}", flush=True)
 
 
 _PROGRESS = re.compile(r"\d+%\|")
@@ -97,6 +99,40 @@ def stage(title: str, argv: list[str], skip_if: Path | None = None,
         raise UserError(f"demo stage '{title}' failed (exit {proc.returncode})")
     print(f"--- {title}: {time.perf_counter() - t0:.0f} s", flush=True)
     return lines
+
+
+def stages_side_by_side(runs: list[tuple[str, str, list[str], Path | None]]) -> None:
+    """Run independent stages (title, tag, argv, skip_if) at the same time, one core each:
+    small models use two cores poorly, so two one-thread runs finish sooner than the same
+    runs one after the other. Each line is echoed after its stage's [tag]."""
+    todo, tags = [], {}
+    for title, tag, argv, skip_if in runs:
+        tags[title] = tag
+        print(f"\n=== {title}\n$ {' '.join(shlex.quote(a) for a in argv)}", flush=True)
+        if skip_if is not None and skip_if.exists():
+            print(f"(exists: {skip_if}; skipped)", flush=True)
+        else:
+            todo.append((title, argv))
+    if not todo:
+        return
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if len(todo) > 1 else None
+    procs = [(title, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, bufsize=1, env=env)) for title, argv in todo]
+
+    def echo(title: str, proc: subprocess.Popen) -> None:
+        show = _Echo("", prefix=f"[{tags[title]}] " if len(todo) > 1 else "")
+        for line in proc.stdout:
+            show(line)
+
+    readers = [threading.Thread(target=echo, args=pair, daemon=True) for pair in procs]
+    for reader in readers:
+        reader.start()
+    failed = [title for (title, proc), reader in zip(procs, readers, strict=True)
+              if proc.wait() != 0 or reader.join() is not None]
+    if failed:
+        raise UserError(f"demo stage '{failed[0]}' failed")
+    print(f"--- {', '.join(t for t, _ in todo)}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def free_port() -> int:
@@ -211,10 +247,7 @@ def _iso_to_s(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meerkit demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("demo_out"))
-    parser.add_argument("--pretrain-steps", type=int, default=200)
-    parser.add_argument("--finetune-steps", type=int, default=300)
-    parser.add_argument("--distill-steps", type=int, default=1000)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     return run_demo(args)
 
@@ -242,10 +275,12 @@ def run_demo(args: argparse.Namespace) -> int:
                                                    "--meta", "default"]),
                   "from scratch": (out / "finetune_scratch", [])}
     scores: dict[str, dict[str, float]] = {}
-    for name, (run_dir, extra) in candidates.items():
-        stage(f"3/7 finetune a teacher: {name} (focal loss)",
-              [meerkit, "train", "finetune", *common, "--out", str(run_dir), *extra,
-               "--steps", str(args.finetune_steps)], skip_if=run_dir / "model.pt")
+    stages_side_by_side([
+        (f"3/7 finetune a teacher: {name} (focal loss)", name,
+         [meerkit, "train", "finetune", *common, "--out", str(run_dir), *extra,
+          "--steps", str(args.finetune_steps)], run_dir / "model.pt")
+        for name, (run_dir, extra) in candidates.items()])
+    for name, (run_dir, _) in candidates.items():
         # Finetuning kept the best model on val and recorded its score; test is scored here.
         stage(f"3b  evaluate the teacher ({name}) on test",
               [meerkit, "train", "evaluate", "--model", str(run_dir / "model.pt"), "--data",
@@ -260,14 +295,15 @@ def run_demo(args: argparse.Namespace) -> int:
           f"{scores[chosen]['val']:.3f}; "
           + ", ".join(f"{n} {v['val']:.3f}" for n, v in scores.items() if n != chosen) + ")",
           flush=True)
-    stage("4/7 distil a student (teacher + labels, augmented audio)",
-          [meerkit, "export", "distill", "--teacher", str(ft / "model.pt"), "--data", str(data),
-           "--out", str(distilled), "--steps", str(args.distill_steps)],
-          skip_if=distilled)
-    stage("4b  the baseline a user would pick instead: the same student on labels alone",
-          [meerkit, "export", "distill", "--labels-only", "--data", str(data),
-           "--out", str(labels_only), "--steps", str(args.distill_steps)],
-          skip_if=labels_only)
+    stages_side_by_side([
+        ("4/7 distil a student (teacher + labels, augmented audio)", "distilled",
+         [meerkit, "export", "distill", "--teacher", str(ft / "model.pt"), "--data", str(data),
+          "--out", str(distilled), "--steps", str(args.distill_steps), "--threads", "1"],
+         distilled),
+        ("4b  the baseline a user would pick instead: the same student on labels alone",
+         "labels only", [meerkit, "export", "distill", "--labels-only", "--data", str(data),
+          "--out", str(labels_only), "--steps", str(args.distill_steps), "--threads", "1"],
+         labels_only)])
     # Ship the better student on val. With a weak CPU-trained teacher the label-only student
     # can win; the table below shows both, so a failing path is never hidden.
     students = {"distilled": distilled, "labels only": labels_only}
@@ -362,11 +398,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help="run the whole pipeline end to end",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("demo_out"))
-    p.add_argument("--pretrain-steps", type=int, default=200)
-    p.add_argument("--finetune-steps", type=int, default=300)
-    p.add_argument("--distill-steps", type=int, default=1000)
+    add_arguments(p)
     p.set_defaults(func=run_demo)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Sized for <= 20 min on 2 idle cores from nothing (README: measured time).
+    p.add_argument("--out", type=Path, default=Path("demo_out"),
+                   help="work folder; stages whose output exists are skipped on a rerun")
+    p.add_argument("--pretrain-steps", type=int, default=600, help="data2vec steps")
+    p.add_argument("--finetune-steps", type=int, default=1500, help="steps per teacher")
+    p.add_argument("--distill-steps", type=int, default=1200, help="steps per student")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from meerkit.demo import (
     quality_table,
     runtime_summary,
     stage,
+    stages_side_by_side,
     stored_detections,
     subscriber_duplicates,
 )
@@ -112,3 +113,24 @@ def test_quality_table_has_a_row_per_scored_model_and_recall_per_snr_bucket():
     assert "0.90 (n=10)" in rows["student int8 (distilled)"]
     assert "n/a" in rows["teacher (from scratch)"]  # an empty bucket is not a number
     assert rows["student fp32 (labels only)"].count("n/a") == 2
+
+
+def test_side_by_side_stages_run_together_tag_their_lines_and_fail_loudly(tmp_path):
+    import sys
+
+    from edge_runtime.contract.errors import UserError
+
+    code = "import os, sys; print('threads', os.environ.get('OMP_NUM_THREADS')); sys.exit({})"
+    done = tmp_path / "done"
+    done.touch()
+    out = io.StringIO()
+    with redirect_stdout(out):
+        stages_side_by_side([("first stage", "a", [sys.executable, "-c", code.format(0)], None),
+                             ("second stage", "b", [sys.executable, "-c", code.format(0)], None),
+                             ("third stage", "c", ["false"], done)])  # exists: skipped
+    text = out.getvalue()
+    assert "[a] threads 1" in text and "[b] threads 1" in text  # one core each
+    assert "(exists:" in text and "[c]" not in text
+    with pytest.raises(UserError, match="'bad' failed"), redirect_stdout(io.StringIO()):
+        stages_side_by_side([("good", "g", [sys.executable, "-c", code.format(0)], None),
+                             ("bad", "b", [sys.executable, "-c", code.format(3)], None)])
