@@ -251,6 +251,11 @@ def test_cli_finetune_then_evaluate_writes_json_and_png(synth, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (out / "eval_test.json").is_file() and (out / "eval_test.png").stat().st_size > 1000
     assert "frame macro AP" in r.stdout
+    # Decoded as verify and the demo decode it: with the decoder finetuning tuned on val.
+    assert "events decoded with the model's val-tuned decoder" in r.stdout
+    r = run_cli("evaluate", "--model", str(out / "model.pt"), "--data", str(synth),
+                "--split", "test", "--clip-s", "1", "--threshold", "0.3")
+    assert r.returncode == 0 and "events decoded with threshold 0.3" in r.stdout, r.stderr
 
 
 def test_regression_stats_variance_explained_and_guards():

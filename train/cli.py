@@ -181,7 +181,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from train.checkpoint import load_model
     from train.data.dataset import Dataset
     from train.data.torch_data import select_files
-    from train.evaluate import evaluate_model, plot_pr_curves, write_report
+    from train.evaluate import evaluate_model, plot_pr_curves, stored_decoder, write_report
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
         "cpu" if args.device == "auto" else args.device)
@@ -193,7 +193,12 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise UserError(f"{args.data}: label set {dataset.labels} differs from the model's "
                         f"{record['labels']}")
     files = [f for s in args.split.split(",") for f in select_files(dataset, s)]
-    decoder = DecoderConfig(threshold=args.threshold)
+    # The model's own val-tuned decoder, as verify and the demo decode it, unless asked.
+    decoder = None if args.threshold is not None else stored_decoder(record)
+    how = "the model's val-tuned decoder"
+    if decoder is None:
+        decoder = DecoderConfig(threshold=0.5 if args.threshold is None else args.threshold)
+        how = f"threshold {decoder.threshold:g}"
     report, probs, targets = evaluate_model(lambda a: model(a).frame_logits, dataset, files,
                                             args.clip_s, model.config.frame_rate_hz,
                                             args.batch_size, device, decoder, args.iou)
@@ -210,7 +215,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     ap, ev = report["frame_ap"], report["event"]["micro"]
     print(f"{args.split}: frame macro AP {ap['macro']:.3f}, micro AP {ap['micro']:.3f}, "
           f"event F1 {ev['f1']:.3f} (P {ev['precision']:.3f}, R {ev['recall']:.3f}, "
-          f"IoU>{args.iou:g}) on {len(files)} files")
+          f"IoU>{args.iou:g}) on {len(files)} files; events decoded with {how}")
     for label, value in ap["per_class"].items():
         print(f"  {label:24s} AP {value:.3f}")
     print(f"wrote {out} and {png}")
@@ -306,7 +311,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split(s) or subset:NAME (default: test)")
     p.add_argument("--out", type=Path, help="report JSON (default: next to the model)")
     p.add_argument("--iou", type=float, default=0.0, help="event IoU threshold (0 = any overlap)")
-    p.add_argument("--threshold", type=float, default=0.5, help="event decision threshold")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="one event decision threshold for every label (default: the per-label "
+                        "decoder finetuning tuned on val, else 0.5)")
     p.add_argument("--clip-s", type=float, default=10.0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")

@@ -50,6 +50,19 @@ def stitch_by_file(clips: ClipDataset, per_clip: np.ndarray, dataset: Dataset,
             for f, p in pieces.items()}
 
 
+def stored_decoder(record: dict[str, Any]) -> DecoderConfig | None:
+    """The per-label event decoder finetuning tuned on `val` and stored with the model
+    (`train.finetune.tune_saved_decoder`), undetectable labels off; None for older models."""
+    search = record.get("extra", {}).get("decoder_search") or {}
+    per_label = search.get("decoders") or []
+    if not per_label:
+        return None
+    off = {u["label"] for u in search.get("undetectable", [])}
+    return DecoderConfig(**{key: [d[key] for d in per_label] for key in
+                            ("threshold", "hysteresis", "min_duration_s", "merge_gap_s")},
+                         emit=[d["label"] not in off for d in per_label])
+
+
 def reference_events(dataset: Dataset, files: Sequence[str]
                      ) -> tuple[list[Event], list[float | None]]:
     """The annotated events of `files` and, aligned with them, each one's SNR (None: unknown)."""
