@@ -52,6 +52,8 @@ bench: venv
 	    --out $(BENCH_OUT)/runtime_bench.json
 	$(PY) benchmarks/runtime_bench.py --skip-builtin --model $(BENCH_INT8) \
 	    --hop-s 0.2 --out $(BENCH_OUT)/runtime_bench_hop0.2.json
+	$(PY) benchmarks/lookahead_bench.py --model $(BENCH_INT8) --data $(BENCH_OUT)/export/synth_default \
+	    --out $(BENCH_OUT)/lookahead_bench.json
 	$(PY) benchmarks/soak.py --out $(BENCH_OUT)/soak
 	$(PY) benchmarks/train_table.py --out $(BENCH_OUT)/train
 	$(PY) benchmarks/results.py --out-dir $(BENCH_OUT) --write benchmarks/RESULTS.md

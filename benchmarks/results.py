@@ -220,10 +220,24 @@ def soak_rows(result: dict) -> list[Row]:
     return rows
 
 
+def lookahead_rows(result: dict) -> list[Row]:
+    """benchmarks/lookahead_bench.py: what a bounded lookahead (lower latency) costs."""
+    cmd = result.get("command", "python benchmarks/lookahead_bench.py")
+    rows: list[Row] = []
+    for r in result["rows"]:
+        ahead = "centred" if r["lookahead_s"] is None else f"{r['lookahead_s']:g} s"
+        rows.append((f"lookahead {ahead} at hop {r['hop_s']:g} s ({result['split']}, "
+                     f"{result['files']} files): frame macro AP / event F1 / latency bound",
+                     f"{r['frame_macro_ap']:.3f} / {r['event_f1']:.3f} / "
+                     f"{r['latency_bound_s']:.2f} s", "", cmd))
+    return rows
+
+
 SECTIONS = (  # title, JSON file(s) under out-dir, row builder
     ("training", ("train/train_table.json",), train_rows),
     ("export", ("export_table.json",), export_rows),
     ("edge runtime", ("runtime_bench.json", "runtime_bench_hop0.2.json"), runtime_rows),
+    ("latency vs lookahead", ("lookahead_bench.json",), lookahead_rows),
     ("reliability", ("soak/soak.json",), soak_rows),
 )
 

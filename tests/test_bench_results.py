@@ -105,3 +105,20 @@ def test_stale_training_json_asks_for_a_rerun(tmp_path):
         "rows": [{"claim": "a", "setting": "1% labels, scratch", "split": "test",
                   "macro_ap": 0.1, "command": "cmd"}]}))
     assert "| training | train table | JSON from an older" in render(tmp_path)
+
+
+def test_lookahead_rows_name_the_setting_and_the_command(tmp_path):
+    rows = [{"hop_s": 0.5, "lookahead_s": None, "lookahead_frames": 38, "frame_macro_ap": 0.61,
+             "event_precision": 0.5, "event_recall": 0.6, "event_f1": 0.54,
+             "latency_bound_s": 1.38},
+            {"hop_s": 0.5, "lookahead_s": 0.2, "lookahead_frames": 10, "frame_macro_ap": 0.6,
+             "event_precision": 0.5, "event_recall": 0.6, "event_f1": 0.53,
+             "latency_bound_s": 0.82}]
+    (tmp_path / "lookahead_bench.json").write_text(json.dumps({
+        "command": "python benchmarks/lookahead_bench.py --model m.tflite", "split": "test",
+        "files": 32, "rows": rows}))
+    lines = [line for line in render(tmp_path).splitlines()
+             if line.startswith("| latency vs lookahead |")]
+    assert len(lines) == 2
+    assert "lookahead centred at hop 0.5 s (test, 32 files)" in lines[0]
+    assert "0.600 / 0.530 / 0.82 s" in lines[1]
