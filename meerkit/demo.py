@@ -132,7 +132,8 @@ def stages_side_by_side(runs: list[tuple[str, str, list[str], Path | None]]) -> 
               if proc.wait() != 0 or reader.join() is not None]
     if failed:
         raise UserError(f"demo stage '{failed[0]}' failed")
-    print(f"--- {', '.join(t for t, _ in todo)}: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"--- {' + '.join(tags[t] for t, _ in todo)}, side by side: "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def free_port() -> int:
