@@ -163,8 +163,25 @@ def start_mosquitto(workdir: Path) -> tuple[subprocess.Popen | None, str, int]:
     return proc, "127.0.0.1", port
 
 
+JOIN_FADE_S = 0.01
+
+
+def faded(audio: np.ndarray, n: int) -> np.ndarray:
+    """A copy with raised-cosine ramps of n samples at both ends."""
+    out = np.array(audio, np.float32)
+    n = min(n, len(out) // 2)
+    if n:
+        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
+        out[:n] *= ramp
+        out[len(out) - n:] *= ramp[::-1]
+    return out
+
+
 def concat_split(data: Path, split: str, out: Path) -> tuple[list[tuple[str, float]], int]:
-    """The split's recordings back to back as one stream WAV; returns (file, offset_s) list."""
+    """The split's recordings back to back as one stream WAV; returns (file, offset_s) list.
+    Each recording fades in and out over JOIN_FADE_S: a hard join is a step, which the
+    detector rightly hears as a click (false click_trains on every join); a real recorder's
+    stream has no such steps."""
     from edge_runtime.contract.wav import write_wav
     from train.data.dataset import Dataset
 
@@ -173,7 +190,7 @@ def concat_split(data: Path, split: str, out: Path) -> tuple[list[tuple[str, flo
     for file in dataset.files_in(split):
         audio, sr = dataset.load(file)
         offsets.append((file, pos / sr))
-        pieces.append(audio)
+        pieces.append(faded(audio, round(JOIN_FADE_S * sr)))
         pos += len(audio)
     write_wav(out, np.concatenate(pieces), dataset.sample_rate)
     return offsets, dataset.sample_rate
@@ -408,7 +425,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_out"),
                    help="work folder; stages whose output exists are skipped on a rerun")
     p.add_argument("--pretrain-steps", type=int, default=600, help="data2vec steps")
-    p.add_argument("--finetune-steps", type=int, default=1500, help="steps per teacher")
+    p.add_argument("--finetune-steps", type=int, default=1200, help="steps per teacher")
     p.add_argument("--distill-steps", type=int, default=1200, help="steps per student")
 
 

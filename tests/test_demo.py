@@ -134,3 +134,15 @@ def test_side_by_side_stages_run_together_tag_their_lines_and_fail_loudly(tmp_pa
     with pytest.raises(UserError, match="'bad' failed"), redirect_stdout(io.StringIO()):
         stages_side_by_side([("good", "g", [sys.executable, "-c", code.format(0)], None),
                              ("bad", "b", [sys.executable, "-c", code.format(3)], None)])
+
+
+def test_the_stream_fades_each_recording_in_and_out():
+    import numpy as np
+
+    from meerkit.demo import faded
+
+    audio = np.ones(1000, np.float32)
+    out = faded(audio, 100)
+    assert out[0] < 0.01 and out[-1] < 0.01 and np.all(out[100:900] == 1.0)
+    assert np.all(np.diff(out[:100]) > 0) and audio[0] == 1.0  # a ramp, on a copy
+    assert np.array_equal(faded(audio[:3], 100), faded(audio[:3], 1))  # short: at most half
