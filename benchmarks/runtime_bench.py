@@ -23,7 +23,9 @@ Measures, each in a fresh subprocess that imports only edge_runtime (as on a dev
    that owns it has been read (hop + lookahead later; centred, the lookahead is
    (window - hop) / 2; plus one frame and one capture block), and the event is closed only
    after the merge gap has passed silent (benchmarks/lookahead_bench.py: what a shorter
-   lookahead costs in detections);
+   lookahead costs in detections). The replay's first call comes after its first window:
+   until a stream has filled one window nothing is final, which is start-up (item 4), not
+   the steady state;
 6. resampling (`audio.Conformer`, soxr HQ) per audio second at 32, 44.1 and 48 kHz, and
    the pass-through cost at the model's rate;
 7. the anchor, in the same run: BirdNET V2.4 FP32's bare `invoke()` per audio second (3 s
@@ -64,12 +66,14 @@ from benchmarks.runtime_probes import (  # noqa: E402  (after the sys.path line)
 )
 
 
-def long_wav(path: Path, seconds: float, sample_rate: int) -> None:
+def long_wav(path: Path, seconds: float, sample_rate: int, first_s: float = 1.0) -> None:
+    """Bursts every 2 s from `first_s` on, alternately loud and quiet."""
     from conftest import burst_audio
 
     from edge_runtime.contract.wav import write_wav
 
-    bursts = [(1.0 + 2.0 * k, 0.3, 0.3 if k % 2 else 0.95) for k in range(int(seconds // 2) - 1)]
+    bursts = [(first_s + 2.0 * k, 0.3, 0.3 if k % 2 else 0.95)
+              for k in range(int((seconds - first_s + 1.0) // 2) - 1)]
     write_wav(path, burst_audio(seconds, bursts, sample_rate), sample_rate)
 
 
@@ -145,9 +149,13 @@ def bench_model(model: Path, label: str, args: argparse.Namespace, tmp: Path) ->
     if not wav.exists():
         long_wav(wav, args.audio_s, card.sample_rate)
     t = throughput(model, wav, hop)
-    short = tmp / f"short-{card.sample_rate}.wav"
+    # The first call comes after the first window: until a stream has filled one window,
+    # nothing is final (that is start-up, the launch -> first window row), so a call in
+    # it would measure the window length, not the steady state every later call sees.
+    short = tmp / f"short-{card.sample_rate}-{card.window_s:g}.wav"
     if not short.exists():
-        long_wav(short, args.latency_s, card.sample_rate)
+        long_wav(short, args.latency_s + card.window_s, card.sample_rate,
+                 first_s=card.window_s + 1.0)
     lats = []
     for k, (p_hop, p_block, p_ahead, names) in enumerate(profile_settings()):
         try:
