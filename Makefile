@@ -45,7 +45,7 @@ test: venv
 # script is resumable: a rerun reuses every finished run. The runtime is measured on seed 0's
 # int8 student from export_table.py, at the card's hop and at 0.2 s.
 BENCH_OUT := benchmarks/out
-BENCH_INT8 := $(BENCH_OUT)/export/default_teacher_t600/seed0/tcn_small_d1500/student_int8.tflite
+BENCH_INT8 := $(BENCH_OUT)/export/default_teacher_t2000/seed0/tcn_small_d1500/student_int8.tflite
 bench: venv
 	$(PY) benchmarks/export_table.py --work $(BENCH_OUT)/export --out $(BENCH_OUT)/export_table.json
 	$(PY) benchmarks/runtime_bench.py --skip-builtin --model $(BENCH_INT8) \
