@@ -128,8 +128,10 @@ def stages_side_by_side(runs: list[tuple[str, str, list[str], Path | None]]) -> 
     readers = [threading.Thread(target=echo, args=pair, daemon=True) for pair in procs]
     for reader in readers:
         reader.start()
-    failed = [title for (title, proc), reader in zip(procs, readers, strict=True)
-              if proc.wait() != 0 or reader.join() is not None]
+    for (_, proc), reader in zip(procs, readers, strict=True):
+        proc.wait()
+        reader.join()  # every line echoed, also a failed stage's last words
+    failed = [title for title, proc in procs if proc.returncode != 0]
     if failed:
         raise UserError(f"demo stage '{failed[0]}' failed")
     print(f"--- {' + '.join(tags[t] for t, _ in todo)}, side by side: "

@@ -1,8 +1,8 @@
 """Finetuning the teacher for frame-level multi-label event detection.
 
-Per step: augment the waveforms (gain, shift, noise, background; `augment`), optionally mix two clips (labels = union of both clips' events); mask frames as
-regularisation; focal loss on frame logits; plus the MetaPerch metadata heads on the pooled
-embedding (standard heads teach where/when, adversarial ones unlearn e.g. the recorder). For
+Per step: augment the waveforms (gain, shift, noise, background; `augment`); optionally mix
+two clips (labels = union of both clips' events); mask frames as regularisation; focal loss
+on frame logits; plus the MetaPerch metadata heads on the pooled embedding (standard heads teach where/when, adversarial ones unlearn e.g. the recorder). For
 the first `freeze_encoder_steps` of a run from a pretrained model only the heads learn; the
 sinc + conv front end stays frozen only with `train_feature_encoder=false` (animal2vec's
 choice; at CPU scale it stops learning). `metadata_missing_frac` hides that share of the
@@ -189,7 +189,6 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
     batches = ResumableBatches(clips, config.batch_size, options.seed, collate, runtime.rank,
                                runtime.world_size)
     background = background_pool(dataset, options.clip_s, fr, options.seed) if config.augment else None
-    augment = TEACHER_AUGMENT
     best = {"macro_ap": -math.inf}
 
     class Best:  # resumable record of the best validation score
@@ -210,7 +209,8 @@ def finetune(options: RunOptions, model_config: ModelConfig, config: FinetuneCon
 
     def step_fn(batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         if config.augment:
-            moved = augment_batch(batch["audio"], batch["targets"], augment, gen.generator,
+            moved = augment_batch(batch["audio"], batch["targets"], TEACHER_AUGMENT,
+                                  gen.generator,
                                   background=background, hop_length=model.config.total_stride)
             batch = {**batch, "audio": moved.audio, "targets": moved.labels}
         batch = mixup(batch, config.mixup_prob, gen.generator)
