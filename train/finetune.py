@@ -3,8 +3,8 @@
 Per step: augment the waveforms (gain, shift, noise, background; `augment`); optionally mix
 two clips (labels = union of both clips' events); mask frames as regularisation; focal loss
 on frame logits; plus the MetaPerch metadata heads on the pooled embedding (standard heads
-teach where/when, adversarial ones unlearn e.g. the recorder). For the first `freeze_encoder_steps` of a run from a pretrained model only the heads learn; the
-sinc + conv front end stays frozen only with `train_feature_encoder=false` (animal2vec's
+teach where/when, adversarial ones unlearn e.g. the recorder). For the first
+`freeze_encoder_steps` of a run from a pretrained model only the heads learn; the sinc + conv front end stays frozen only with `train_feature_encoder=false` (animal2vec's
 choice; at CPU scale it stops learning). `metadata_missing_frac` hides that share of the
 files' metadata from the heads. The best model on `val` (frame macro AP) is kept.
 """
