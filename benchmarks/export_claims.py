@@ -23,7 +23,7 @@ from benchmarks.stats import (
 from train.evaluate import json_safe
 
 MODELS = ("teacher", "student_fp32", "student_int8", "baseline")
-TITLES = {"teacher": "teacher (tiny, fp32 PyTorch)", "student_fp32": "student fp32 (PyTorch)",
+TITLES = {"teacher": "teacher ({teacher}, fp32 PyTorch)", "student_fp32": "student fp32 (PyTorch)",
           "student_int8": "student int8 (TFLite)", "baseline": "label-only student fp32"}
 SPLITS = ("test", "shift")
 METRICS = {"frame_macro_ap": frame_macro_ap, "event_f1": event_f1_micro,
@@ -148,7 +148,8 @@ def assemble(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
     models: dict[str, Any] = {}
     for model in MODELS:
         if model in scored:
-            models[model] = {"title": TITLES[model], "splits": metrics[model],
+            title = TITLES[model].format(teacher=meta.get("teacher_model", "tiny"))
+            models[model] = {"title": title, "splits": metrics[model],
                              "command": model, **footprints[model]}
     if "student_int8" in models:
         int8 = models["student_int8"]

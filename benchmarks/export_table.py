@@ -95,13 +95,15 @@ class Plan:
     distill_steps: int
     clip_s: float
     batch_size: int
+    teacher_model: str = "tiny"  # train/config.py model preset
 
     @property
     def data(self) -> Path:
         return self.work / f"synth_{self.preset}"
 
     def _teacher_root(self, seed: int | str) -> Path:
-        return self.work / f"{self.preset}_teacher_t{self.teacher_steps}" / f"seed{seed}"
+        model = "" if self.teacher_model == "tiny" else f"_{self.teacher_model}"  # older runs
+        return self.work / f"{self.preset}_teacher{model}_t{self.teacher_steps}" / f"seed{seed}"
 
     def path(self, model: str, seed: int | str) -> Path:
         student = self._teacher_root(seed) / f"{self.arch}_d{self.distill_steps}"
@@ -123,7 +125,7 @@ class Plan:
         return {
             "data": f"meerkit synth {self.data} --preset {self.preset} --seed 0",
             "teacher": f"{loop}meerkit train finetune --data {self.data} --out "
-                       f"{p['teacher'].parent} --preset tiny --splits train --steps "
+                       f"{p['teacher'].parent} --preset {self.teacher_model} --splits train --steps "
                        f"{self.teacher_steps} --batch-size {self.batch_size} --lr 0.001 --amp "
                        f"fp32 --clip-s {self.clip_s:g} --seed $s --device cpu --set "
                        f"warmup_steps={self.teacher_steps // 10}; done",
@@ -149,7 +151,7 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
 
     from export.distill import DistillConfig, distill
     from export.quantize import quantize
-    from train.config import FinetuneConfig, ModelConfig
+    from train.config import FinetuneConfig, model_preset
     from train.engine import RunOptions, Runtime
     from train.finetune import finetune
 
@@ -164,7 +166,7 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
         finetune(RunOptions(plan.data, teacher.parent, ("train",), clip_s=plan.clip_s, seed=seed,
                             resume=resume, progress=progress,
                             checkpoint_every=max(10, steps // 10)),
-                 ModelConfig.tiny(),
+                 model_preset(plan.teacher_model),
                  FinetuneConfig(steps=steps, warmup_steps=steps // 10,
                                 batch_size=plan.batch_size, lr=1e-3, freeze_encoder_steps=0,
                                 amp="fp32"),
@@ -180,7 +182,8 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
         say(t0, f"seed {seed}: int8 conversion")
         quantize(student, plan.data, int8, force=True, progress=progress)
 
-    minutes = run_once(teacher, {"data": data_id, "seed": seed, "steps": steps, "model": "tiny",
+    minutes = run_once(teacher, {"data": data_id, "seed": seed, "steps": steps,
+                                 "model": plan.teacher_model,
                                  "batch_size": plan.batch_size, "clip_s": plan.clip_s},
                        cmds["teacher"], train_teacher)
     minutes += run_once(student, {"teacher": digest(teacher), "arch": plan.arch, "seed": seed,
@@ -311,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--quick: 0)")
     parser.add_argument("--preset", help="synth preset (default default; --quick: tiny)")
     parser.add_argument("--arch", default="tcn_small", help="student architecture")
-    parser.add_argument("--teacher-steps", type=int, help="finetuning steps (default 2000)")
+    parser.add_argument("--teacher-model", choices=("tiny", "small"),
+                        help="teacher model preset (default small; --quick: tiny)")
+    parser.add_argument("--teacher-steps", type=int, help="finetuning steps (default 3000)")
     parser.add_argument("--distill-steps", type=int, help="student steps (default 1500)")
     parser.add_argument("--clip-s", type=float, default=2.0, help="teacher training clips")
     parser.add_argument("--batch-size", type=int, default=16, help="teacher batch size")
@@ -326,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: synth tiny, 30 + 30 steps, 200 replicates")
     args = parser.parse_args(argv)
-    quick = {"seeds": "0", "preset": "tiny", "teacher_steps": 30, "distill_steps": 30,
-             "n_boot": 200} if args.quick else {}
-    full = {"seeds": "0,1,2", "preset": "default", "teacher_steps": 2000, "distill_steps": 1500,
-            "n_boot": 1000}
+    quick = {"seeds": "0", "preset": "tiny", "teacher_model": "tiny", "teacher_steps": 30,
+             "distill_steps": 30, "n_boot": 200} if args.quick else {}
+    full = {"seeds": "0,1,2", "preset": "default", "teacher_model": "small",
+            "teacher_steps": 3000, "distill_steps": 1500, "n_boot": 1000}
     for key, value in {**full, **quick}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -356,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = sys.stderr.isatty()
     t0 = time.perf_counter()
     plan = Plan(args.work, args.preset, args.arch, args.teacher_steps, args.distill_steps,
-                args.clip_s, args.batch_size)
+                args.clip_s, args.batch_size, args.teacher_model)
     if not (plan.data / "synth.json").is_file():
         say(t0, f"generating synth '{args.preset}' into {plan.data}")
         generate(SynthConfig.preset(args.preset), plan.data, workers=2, force=True,
@@ -389,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         scored, agreement, [plan.path("student_int8", s).stat().st_size for s in seeds],
         latency, footprints, plan.commands(seeds), args.n_boot,
         command=invocation(), quick=args.quick, preset=args.preset, seeds=seeds,
-        arch=args.arch, teacher_steps=args.teacher_steps, distill_steps=args.distill_steps,
+        arch=args.arch, teacher_model=args.teacher_model, teacher_steps=args.teacher_steps,
+        distill_steps=args.distill_steps,
         clip_s=args.clip_s, batch_size=args.batch_size)
     return finish(result, out, t0, built, render_markdown)
 

@@ -40,7 +40,8 @@ def distill_command(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "arch": args.arch, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "temperature": args.temperature, "kd_weight": args.kd_weight,
-        "focal_weight": args.focal_weight, "window_s": args.window_s, "hop_s": args.hop_s,
+        "focal_weight": args.focal_weight, "unlabelled_per_labelled": args.unlabelled_per_labelled,
+        "window_s": args.window_s, "hop_s": args.hop_s,
         "hop_length": args.hop_length, "n_mels": args.n_mels, "seed": args.seed,
         "val_split": args.val}.items() if v is not None}
     if args.labelled:
@@ -51,6 +52,8 @@ def distill_command(args: argparse.Namespace) -> int:
         overrides["augment"] = AugmentConfig.none()
     if args.teacher_on_augmented:
         overrides["teacher_on_augmented"] = True
+    if args.kd_on_labelled is not None:
+        overrides["kd_on_labelled"] = args.kd_on_labelled
     config = DistillConfig(**overrides)
     path = distill(args.teacher, args.data, args.out, config, args.cache,
                    progress=not args.no_progress)
@@ -164,6 +167,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, help="distillation temperature (default 2)")
     p.add_argument("--kd-weight", type=float, help="weight of the teacher term (default 1)")
     p.add_argument("--focal-weight", type=float, help="weight of the label term (default 1)")
+    p.add_argument("--unlabelled-per-labelled", type=float,
+                   help="unlabelled windows (teacher term only) per labelled window in each "
+                   "batch (default 1)")
+    p.add_argument("--kd-on-labelled", action=argparse.BooleanOptionalAction, default=None,
+                   help="the teacher term also on labelled windows (default: no, the "
+                   "teacher teaches only where labels are absent)")
     p.add_argument("--window-s", type=float, help="deployment window (default 2 s)")
     p.add_argument("--hop-s", type=float, help="streaming hop (default 1 s)")
     p.add_argument("--hop-length", type=int, help="front-end hop in samples (default 20 ms)")

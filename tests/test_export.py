@@ -15,7 +15,14 @@ from edge_runtime.contract.card import read_card
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.wav import write_wav
 from export.backends import onnx_window_fn, tflite_window_fn
-from export.distill import DistillConfig, distill, resample_frames, teacher_tracks
+from export.distill import (
+    DistillConfig,
+    distill,
+    distillation_loss,
+    resample_frames,
+    teacher_tracks,
+    teacher_weights,
+)
 from export.quantize import CalibrationConfig, calibration_set, check_budget, quantize
 from export.source import load_source
 from export.student import Student, StudentConfig, load_student
@@ -148,6 +155,30 @@ def test_label_only_student_needs_no_teacher(env, tmp_path):
     assert list(spec.labels) == list(LABELS)
     assert record["lineage"]["teacher"] is None
     assert record["lineage"]["teacher_name"] == "none (labels only)"
+
+
+def test_teacher_term_can_leave_labelled_windows_to_the_labels():
+    valid = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])[..., None]  # a padded frame
+    labelled = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])[..., None]
+    everywhere = teacher_weights(valid, labelled, DistillConfig())
+    assert torch.equal(everywhere, valid)
+    elsewhere = teacher_weights(valid, labelled, DistillConfig(kd_on_labelled=False))
+    assert elsewhere[0].sum() == 0 and torch.equal(elsewhere[1], valid[1])
+    # the loss on those weights ignores what the student says on labelled windows
+    student = torch.zeros(2, 3, 2)
+    teacher = torch.full((2, 3, 2), 0.3)
+    before = distillation_loss(student, teacher, 2.0, elsewhere)
+    student[0] += 5.0
+    assert distillation_loss(student, teacher, 2.0, elsewhere) == before
+    assert distillation_loss(student, teacher, 2.0, everywhere) != before
+
+
+def test_kd_on_unlabelled_only_trains_and_is_recorded(env, tmp_path):
+    path = distill(env.teacher, env.data, tmp_path / "unlabelled_kd.pt",
+                   DistillConfig(arch="pico", steps=3, batch_size=4, eval_every=3,
+                                 kd_on_labelled=False), progress=False)
+    _, _, record = load_student(path)
+    assert record["extra"]["distill"]["kd_on_labelled"] is False
 
 
 # ---------------------------------------------------------------- ONNX and TFLite

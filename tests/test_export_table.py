@@ -168,3 +168,14 @@ def test_result_tables_and_results_md(tmp_path):
     export = [line for line in render(tmp_path).splitlines() if line.startswith("| export |")]
     assert sum("claim:" in line for line in export) == 9
     assert any(format_interval(int8) in line and "`shift`" in line for line in export)
+
+
+def test_teacher_model_names_its_runs_and_commands(tmp_path):
+    tiny = et.Plan(tmp_path, "default", "tcn_small", 2000, 1500, 2.0, 16)
+    small = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small")
+    # tiny keeps the folder names of the runs made before the option existed
+    assert tiny.path("teacher", 0).parts[-4] == "default_teacher_t2000"
+    assert small.path("teacher", 0).parts[-4] == "default_teacher_small_t3000"
+    assert "--preset small" in small.commands([0])["teacher"]
+    # the label-only baseline does not depend on the teacher: both plans share it
+    assert tiny.path("baseline", 1) == small.path("baseline", 1)

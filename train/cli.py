@@ -1,6 +1,6 @@
 """`meerkit train pretrain|finetune|evaluate|probe` (also `python -m train …`).
 
-Configs are dataclass presets (`--preset tiny|base|large`) with a few common flags and
+Configs are dataclass presets (`--preset tiny|small|base|large`) with a few common flags and
 `--set KEY=VALUE` for any other field, validated with a suggestion for typos.
 """
 
@@ -40,6 +40,7 @@ SCHEDULES: dict[str, dict[str, dict[str, Any]]] = {
     "base": {"pretrain": {}, "finetune": {}},
     "large": {"pretrain": dict(lr=2e-4), "finetune": dict(lr=3e-5)},
 }
+SCHEDULES["small"] = SCHEDULES["tiny"]  # the CPU benchmarks' teacher: tiny's schedule
 
 
 def parse_value(text: str) -> Any:
