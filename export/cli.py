@@ -169,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--focal-weight", type=float, help="weight of the label term (default 1)")
     p.add_argument("--unlabelled-per-labelled", type=float,
                    help="unlabelled windows (teacher term only) per labelled window in each "
-                   "batch (default 1)")
+                   "batch (default: as the two pools compare, at most 1)")
     p.add_argument("--kd-on-labelled", action=argparse.BooleanOptionalAction, default=None,
                    help="the teacher term also on labelled windows (default: no, the "
                    "teacher teaches only where labels are absent)")

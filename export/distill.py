@@ -68,7 +68,9 @@ class DistillConfig:
     # pulled its student to 0.549, below the 0.670 of labels alone); the teacher then adds
     # what it knows about the unlabelled pool (noisy-student / pseudo-labelling style).
     kd_on_labelled: bool = False
-    unlabelled_per_labelled: float = 1.0  # unlabelled windows per labelled one in a batch
+    # Unlabelled windows per labelled one in a batch; None: as the pools compare, at most 1
+    # (synth `default`: 1; the demo's small pretrain pool: ~0.2, so its student costs ~1.2x).
+    unlabelled_per_labelled: float | None = None
     focal_weight: float = 1.0
     focal_gamma: float = 2.0
     # No alpha: with rare positives, alpha = 0.25 (the teacher's setting) plus soft targets
@@ -95,7 +97,7 @@ class DistillConfig:
             raise UserError("distill: steps, batch size, lr and temperature must be > 0")
         if not 0 < self.hop_s <= self.window_s:
             raise UserError(f"distill: need 0 < hop_s ({self.hop_s}) <= window_s ({self.window_s})")
-        if self.unlabelled_per_labelled < 0:
+        if self.unlabelled_per_labelled is not None and self.unlabelled_per_labelled < 0:
             raise UserError("distill: unlabelled_per_labelled must be >= 0")
         if self.kd_weight < 0 or self.focal_weight < 0 or self.kd_weight + self.focal_weight == 0:
             raise UserError("distill: kd_weight and focal_weight must be >= 0, not both 0")
@@ -180,6 +182,21 @@ def teacher_weights(valid: torch.Tensor, labelled: torch.Tensor, config: Distill
     """Frames the teacher term covers: every existing frame, or with `kd_on_labelled=False`
     only those the label term does not (`labelled`: the label term's weights, (B, F, 1))."""
     return valid if config.kd_on_labelled else valid * (1 - labelled)
+
+
+def batch_sizes(n_labelled: int, n_unlabelled: int, config: DistillConfig, teaching: bool
+                ) -> tuple[int, int]:
+    """(labelled, unlabelled) windows per batch: `batch_size` labelled ones, as the label-only
+    baseline draws them, plus unlabelled ones for the teacher term (`unlabelled_per_labelled`,
+    or as the pools compare, at most one each); without labels, the teacher alone."""
+    if not teaching or not n_unlabelled:
+        return config.batch_size, 0
+    if not n_labelled:
+        return 0, config.batch_size
+    ratio = config.unlabelled_per_labelled
+    if ratio is None:
+        ratio = min(1.0, n_unlabelled / n_labelled)
+    return config.batch_size, max(1, round(ratio * config.batch_size)) if ratio > 0 else 0
 
 
 def label_loss(student: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
@@ -367,11 +384,7 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
     # batch was unlabelled, so a distilled student saw its labels ~2.6x less often than the
     # baseline it is compared with, at the same step count.
     pools = [torch.nonzero(windows.labelled).squeeze(1), torch.nonzero(~windows.labelled).squeeze(1)]
-    sizes = [config.batch_size if len(pools[0]) else 0,
-             round(config.unlabelled_per_labelled * config.batch_size)
-             if kd_weight > 0 and len(pools[1]) else 0]
-    if not sizes[0]:
-        sizes[1] = config.batch_size  # no labels at all: the teacher alone
+    sizes = batch_sizes(len(pools[0]), len(pools[1]), config, teaching=kd_weight > 0)
     for step in bar:
         parts = [augmented(pool[torch.randint(len(pool), (size,), generator=generator)])
                  for pool, size in zip(pools, sizes, strict=True) if size]

@@ -17,6 +17,7 @@ from edge_runtime.contract.wav import write_wav
 from export.backends import onnx_window_fn, tflite_window_fn
 from export.distill import (
     DistillConfig,
+    batch_sizes,
     distill,
     distillation_loss,
     resample_frames,
@@ -160,9 +161,9 @@ def test_label_only_student_needs_no_teacher(env, tmp_path):
 def test_teacher_term_can_leave_labelled_windows_to_the_labels():
     valid = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])[..., None]  # a padded frame
     labelled = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])[..., None]
-    everywhere = teacher_weights(valid, labelled, DistillConfig())
+    everywhere = teacher_weights(valid, labelled, DistillConfig(kd_on_labelled=True))
     assert torch.equal(everywhere, valid)
-    elsewhere = teacher_weights(valid, labelled, DistillConfig(kd_on_labelled=False))
+    elsewhere = teacher_weights(valid, labelled, DistillConfig())  # the default
     assert elsewhere[0].sum() == 0 and torch.equal(elsewhere[1], valid[1])
     # the loss on those weights ignores what the student says on labelled windows
     student = torch.zeros(2, 3, 2)
@@ -173,12 +174,26 @@ def test_teacher_term_can_leave_labelled_windows_to_the_labels():
     assert distillation_loss(student, teacher, 2.0, everywhere) != before
 
 
-def test_kd_on_unlabelled_only_trains_and_is_recorded(env, tmp_path):
-    path = distill(env.teacher, env.data, tmp_path / "unlabelled_kd.pt",
+def test_batches_hold_a_full_labelled_batch_plus_unlabelled_windows():
+    config = DistillConfig(batch_size=32)
+    assert batch_sizes(4500, 7200, config, teaching=True) == (32, 32)  # ratio capped at 1
+    assert batch_sizes(4800, 960, config, teaching=True) == (32, 6)  # as the pools compare
+    assert batch_sizes(4500, 7200, config, teaching=False) == (32, 0)  # label-only baseline
+    assert batch_sizes(0, 7200, config, teaching=True) == (0, 32)  # the teacher alone
+    explicit = DistillConfig(batch_size=32, unlabelled_per_labelled=0.5)
+    assert batch_sizes(4500, 7200, explicit, teaching=True) == (32, 16)
+    none = DistillConfig(batch_size=32, unlabelled_per_labelled=0.0)
+    assert batch_sizes(4500, 7200, none, teaching=True) == (32, 0)
+    with pytest.raises(UserError, match="unlabelled_per_labelled"):
+        DistillConfig(unlabelled_per_labelled=-1)
+
+
+def test_kd_everywhere_still_trains_and_is_recorded(env, tmp_path):
+    path = distill(env.teacher, env.data, tmp_path / "everywhere_kd.pt",
                    DistillConfig(arch="pico", steps=3, batch_size=4, eval_every=3,
-                                 kd_on_labelled=False), progress=False)
+                                 kd_on_labelled=True), progress=False)
     _, _, record = load_student(path)
-    assert record["extra"]["distill"]["kd_on_labelled"] is False
+    assert record["extra"]["distill"]["kd_on_labelled"] is True
 
 
 # ---------------------------------------------------------------- ONNX and TFLite
