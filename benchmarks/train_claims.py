@@ -399,9 +399,12 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     if recipe:
         scores = ", ".join(f"{name} {_num(c['val_macro_ap'])}"
                            for name, c in recipe["candidates"].items())
-        lines += ["", f"From-pretrained recipe: **{recipe['chosen']}**, chosen on `val` at "
-                  f"{BUDGET_TITLES.get(recipe['budget'], recipe['budget'])} labels, seed "
-                  f"{recipe['seed']} (val frame macro AP: {scores})."]
+        if recipe.get("given"):  # a per-seed partial run: --recipe
+            lines += ["", f"From-pretrained recipe: **{recipe['chosen']}**, given (--recipe)."]
+        else:
+            lines += ["", f"From-pretrained recipe: **{recipe['chosen']}**, chosen on `val` at "
+                      f"{BUDGET_TITLES.get(recipe['budget'], recipe['budget'])} labels, seed "
+                      f"{recipe['seed']} (val frame macro AP: {scores})."]
     lines += ["", "Commands (from the repository root; `$s` is the seed). The figures, "
               f"intervals and verdicts come from this script: `{result['command']}`", ""]
     lines += [f"- {label[key]} ({key}): `{cmd}`" for key, cmd in result["commands"].items()]
