@@ -57,8 +57,12 @@ def env(tmp_path_factory):
     # labels (gamma 0) gives the sharper student a real deployment would have.
     # Cached teacher tracks (the cache tests below use them) and no augmentation: the
     # agreement tests want the sharp student of a plain run.
+    # Labelled windows only, the teacher term on them (the pre-session-6 recipe without the
+    # unlabelled pool): the export tests want one plain, sharp student, not the default
+    # recipe, which the distillation tests cover.
     config = DistillConfig(arch="pico", steps=400, batch_size=16, kd_weight=0.2,
-                           focal_gamma=0.0, eval_every=100, augment=AugmentConfig.none())
+                           focal_gamma=0.0, eval_every=100, augment=AugmentConfig.none(),
+                           kd_on_labelled=True, unlabelled_per_labelled=0.0)
     student = distill(teacher, data, root / "student.pt", config, progress=False)
     yield SimpleNamespace(root=root, data=data, teacher=teacher, student=student,
                           cache=root / "teacher_cache")
