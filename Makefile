@@ -45,7 +45,7 @@ test: venv
 # script is resumable: a rerun reuses every finished run. The runtime is measured on seed 0's
 # int8 student from export_table.py, at the card's hop and at 0.2 s.
 BENCH_OUT := benchmarks/out
-BENCH_INT8 := $(BENCH_OUT)/export/default_teacher_t2000/seed0/tcn_small_d1500/student_int8.tflite
+BENCH_INT8 := $(BENCH_OUT)/export/default_teacher_small_t3000/seed0/tcn_small_d1500/student_int8.tflite
 bench: venv
 	$(PY) benchmarks/export_table.py --work $(BENCH_OUT)/export --out $(BENCH_OUT)/export_table.json
 	$(PY) benchmarks/runtime_bench.py --skip-builtin --model $(BENCH_INT8) \
@@ -55,7 +55,7 @@ bench: venv
 	$(PY) benchmarks/lookahead_bench.py --model $(BENCH_INT8) --data $(BENCH_OUT)/export/synth_default \
 	    --out $(BENCH_OUT)/lookahead_bench.json
 	$(PY) benchmarks/soak.py --out $(BENCH_OUT)/soak
-	$(PY) benchmarks/train_table.py --out $(BENCH_OUT)/train
+	$(PY) benchmarks/train_table.py --work $(BENCH_OUT)/train --out $(BENCH_OUT)/train/train_table.json
 	$(PY) benchmarks/results.py --out-dir $(BENCH_OUT) --write benchmarks/RESULTS.md
 
 lint: venv
