@@ -1,9 +1,10 @@
 """Does distillation keep what the teacher knows? Teacher, distilled student (fp32 and int8)
 and a label-only student, over several training seeds, with confidence intervals.
 
-On synth `default` (generated into the work folder if missing), for each seed: a tiny teacher
-finetuned from scratch, a student distilled from it (`tcn_small` by default), the student's
-int8 TFLite, and a label-only student trained with the same recipe and no teacher. Every model
+On synth `default` (generated into the work folder if missing), for each seed: a teacher
+(`--teacher-model`, default `small`) finetuned from scratch, a student distilled from it
+(`tcn_small` by default), the student's int8 TFLite, and a label-only student trained with
+the same recipe and no teacher. Every model
 runs over whole `test` and `shift` files through the verify machinery (`export.backends`: the
 same windows and stitching as the field runtime; the int8 student through the runtime's own
 TFLite model); events are decoded with each model's own card decoder, tuned on `val`. Those
@@ -39,20 +40,18 @@ mid-run resumes from its last checkpoint. Runs on the CPU.
     python benchmarks/export_table.py [--seeds 0,1,2] [--teacher-steps 2000] [--distill-steps 1500]
     python benchmarks/export_table.py --quick      # smoke run: synth tiny, 1 seed, 30 steps
 
-Run time, 2-core x86 machine, one torch thread. `--quick` (synth tiny, 1 seed, 30 + 30
-steps): 2.8 min measured under a load average of 4.9 (niced); half of it is the int8
-conversion. A rerun with every run on disk: 9 s. The full run (synth `default`, 3 seeds) is
-estimated, not measured, from this teacher's and student's measured costs: per seed, the
-teacher's 2000 steps (~5 min: the session-5 tiny teacher steps ~5x faster than the one
-these figures were first measured with, whose 600 steps took ~10 min, and needs more of
-them: val AP still rose at 1500 steps on synth demo) and six validations on `val`
-(1000 s of audio, the tiny teacher stitches ~80 audio seconds per second: ~1.5 min), its
-tracks over the 3.6 h of `train` + `pretrain` audio for the distillation targets (~3 min),
-two 1500-step students (~6-8 min each, from the earlier 1500-step pico run), one int8
-conversion (~1.5 min) and scoring on 2000 s of `test` + `shift` audio (< 1 min): 25-30 min a
-seed, 1.3-1.5 h for three, plus a few minutes generating the data. Every run's minutes are
-recorded beside it and summed into the JSON ("built_minutes"), so the first full run gives
-the measured figure.
+Run time, 2-core x86 machine, one torch thread per process. `--quick` (synth tiny, 1 seed,
+30 + 30 steps): 2.8 min measured under a load average of 4.9 (niced); half of it is the int8
+conversion. The full run (synth `default`, 3 seeds, the `small` teacher's 3000 steps):
+measured in session 6 as three processes side by side, one per seed (`--seeds 0 --out
+A.json`, likewise 1 and 2; each process is one thread, so two cores serve three), then
+`--seeds 0,1,2` to score and assemble from disk: 52 min until the three were built, 1 min for
+the assembly, 172 process-minutes in all (teacher 27-28 min, the teacher's tracks over the
+3.6 h of `train` + `pretrain` and the student 21 min, int8 conversion and scoring 2 min, per
+seed, each beside two others). Start the per-seed processes at the same time, or let one
+finish before starting another over the same seeds: two processes that reach the same run
+at once both build it. A rerun with every run on disk: 1 min. Every run's minutes are
+recorded beside it and summed into the JSON ("built_minutes").
 """
 
 from __future__ import annotations
