@@ -214,6 +214,22 @@ def test_rows_of_absent_systems_are_left_out_and_the_markdown_names_every_comman
     assert "**llrd**" in text and "uniform_lr n/a" in text
     for k, cmd in enumerate(commands.values(), start=1):
         assert f"- C{k} (" in text and cmd in text
+    # a per-seed partial run that was given the recipe says so instead of scoring candidates
+    given = assemble(some, LABELS, ("train_10pct", "train"), n_boot=50, command="python x",
+                     preset="tiny", seeds=[1], clip_s=2.0, pretrain_steps=10,
+                     finetune_steps=10, distill_steps=10, commands=commands,
+                     recipe={"budget": "train_10pct", "seed": 1, "chosen": "llrd",
+                             "given": True, "candidates": {"llrd": {"val_macro_ap": None}}})
+    text = render_markdown(given)
+    assert "**llrd**, given (--recipe)" in text and "chosen on `val`" not in text
+
+
+def test_an_unknown_recipe_is_refused_before_anything_runs(capsys):
+    import benchmarks.train_table as tt
+
+    with pytest.raises(SystemExit) as stop:
+        tt.main(["--recipe", "bogus", "--work", "/nonexistent"])
+    assert stop.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
 
 
 def test_printed_commands_rebuild_the_configs_the_benchmark_trains_with(tmp_path):
