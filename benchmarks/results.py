@@ -278,7 +278,7 @@ def render(out_dir: Path) -> str:
         f"Written by `python benchmarks/results.py` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the JSON files in `{out_dir}` "
         f"({platform.machine()}, Python {platform.python_version()}). `make bench` reruns "
-        "everything (one to two hours on a 2-core machine). Targets are DESIGN.md's.",
+        "everything (several hours on a 2-core machine). Targets are DESIGN.md's.",
         "",
         *table,
         "",

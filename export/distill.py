@@ -390,7 +390,7 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
                  for pool, size in zip(pools, sizes, strict=True) if size]
         features, labels_, valid, hard = (torch.cat([p[k] for p in parts]) for k in range(4))
         logits = model(features)
-        kd = logits.sum() * 0.0
+        kd = logits.new_zeros(())  # no teacher term (a label-only baseline)
         if kd_weight > 0:
             soft = torch.cat([p[4] for p in parts])
             kd = distillation_loss(logits, soft, t, teacher_weights(valid, hard, config))
