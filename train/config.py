@@ -148,7 +148,10 @@ class ModelConfig(ConfigBase):
         `tcn_small` student, whose five 128-channel blocks do more per-frame work than tiny's
         two 64-channel convs). Val AP at 1500 steps, one seed each: tiny 0.627; dim 128 0.664;
         dim 128 + 6 layers no better at 600 steps; dim 128 + 128-channel convs 0.698 (this
-        preset); with kernels 9/5 instead of 5/3, 0.68 at 1200 steps (no gain, more cost)."""
+        preset); with kernels 9/5 instead of 5/3, 0.697 (no gain, more cost). Measured after
+        the export table was built on this preset, so not adopted yet: envelopes at 400 fps
+        (`sinc_stride=40`) and a third stride-2 conv, 0.742 (noise_burst 0.54 -> 0.67,
+        click_train 0.90 -> 0.95, trill 0.22 -> 0.26), at ~1.3x the step cost."""
         base = dict(conv_layers=((128, 5, 2), (128, 3, 2)), dim=128)
         return cls.tiny(**{**base, **overrides})
 
