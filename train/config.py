@@ -151,7 +151,8 @@ class ModelConfig(ConfigBase):
         preset); with kernels 9/5 instead of 5/3, 0.697 (no gain, more cost). Measured after
         the export table was built on this preset, so not adopted yet: envelopes at 400 fps
         (`sinc_stride=40`) and a third stride-2 conv, 0.742 (noise_burst 0.54 -> 0.67,
-        click_train 0.90 -> 0.95, trill 0.22 -> 0.26), at ~1.3x the step cost."""
+        click_train 0.90 -> 0.95, trill 0.22 -> 0.26), at the same step cost (0.28 s per
+        16-clip step on one thread, both)."""
         base = dict(conv_layers=((128, 5, 2), (128, 3, 2)), dim=128)
         return cls.tiny(**{**base, **overrides})
 
