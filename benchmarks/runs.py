@@ -3,11 +3,13 @@ inputs beside its output, so a rerun skips what is finished and resumes what is 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +41,36 @@ def run_once(path: Path, inputs: Mapping[str, Any], command: str,
              build: Callable[[bool], Any]) -> float:
     """Build `path` unless a finished run with the same inputs left it; returns the minutes
     its build took (now or back then). `build(resume)`: resume is True when an unfinished run
-    with the same inputs was started before (its checkpoint is then picked up)."""
+    with the same inputs was started before (its checkpoint is then picked up).
+
+    Benchmark processes run side by side (one per seed) and may reach the same run: an
+    exclusive lock on `<path>.lock` makes the second wait for the first and then reuse its
+    output. The kernel drops the lock when its holder dies, even by kill -9."""
     done = recorded(path, inputs)
     if done is not None:
         return float(done.get("minutes", 0.0))
     path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.with_name(f"{path.name}.lock")):
+        done = recorded(path, inputs)  # built by the process we waited for
+        if done is not None:
+            return float(done.get("minutes", 0.0))
+        return _build(path, inputs, command, build)
+
+
+@contextlib.contextmanager
+def _locked(lock: Path) -> Iterator[None]:
+    with open(lock, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process that is building {lock.with_suffix('')}",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _build(path: Path, inputs: Mapping[str, Any], command: str,
+           build: Callable[[bool], Any]) -> float:
     resume = recorded(path, inputs, "started") is not None
     marker(path, "started").write_text(json.dumps({"inputs": inputs}, indent=2))
     t0 = time.perf_counter()
