@@ -48,9 +48,9 @@ A.json`, likewise 1 and 2; each process is one thread, so two cores serve three)
 `--seeds 0,1,2` to score and assemble from disk: 52 min until the three were built, 1 min for
 the assembly, 172 process-minutes in all (teacher 27-28 min, the teacher's tracks over the
 3.6 h of `train` + `pretrain` and the student 21 min, int8 conversion and scoring 2 min, per
-seed, each beside two others). Start the per-seed processes at the same time, or let one
-finish before starting another over the same seeds: two processes that reach the same run
-at once both build it. A rerun with every run on disk: 1 min. Every run's minutes are
+seed, each beside two others). A process that reaches a run another one is building waits
+for it and reuses it (a lock per run, benchmarks/runs.py). A rerun with every run on disk:
+1 min. Every run's minutes are
 recorded beside it and summed into the JSON ("built_minutes").
 """
 
