@@ -1,9 +1,9 @@
 """Student training: the finetuned teacher teaches a small student, and labels teach it too.
 
-Data: fixed windows (the student's deployment window, 50 % overlap) of labelled audio
-(`train`) and unlabelled audio (`pretrain`), kept as raw audio in memory so every step can
-augment them (train/augment.py: gain, time shift, noise, background clips from the
-unlabelled pool, mixup, SpecAugment masks on the log-mel).
+Data (export/distill_data.py): fixed windows (the student's deployment window, 50 % overlap)
+of labelled audio (`train`) and unlabelled audio (`pretrain`), kept as raw audio in memory
+so every step can augment them (train/augment.py: gain, time shift, noise, background clips
+from the unlabelled pool, mixup, SpecAugment masks on the log-mel).
 
 Targets per step:
   * the teacher's probabilities: by default its cached track on the clean file (np.save,
@@ -31,8 +31,6 @@ decoder (threshold, hysteresis, minimum duration, merge gap) is tuned on `val` f
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -44,12 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from edge_runtime.contract.errors import UserError
-from edge_runtime.contract.windows import WindowGeometry
 from train.augment import AugmentConfig
 
 log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -107,63 +102,6 @@ class DistillConfig:
                 for k, v in dataclasses.asdict(self).items()}
 
 
-# ---------------------------------------------------------------- teacher outputs (cached)
-def cache_key(teacher_sha256: str, dataset, file: str, window_s: float, hop_s: float) -> str:
-    stat = dataset.path(file).stat()
-    key = {"v": CACHE_VERSION, "teacher": teacher_sha256, "file": file, "size": stat.st_size,
-           "mtime_ns": stat.st_mtime_ns, "sample_rate": dataset.sample_rate,
-           "window_s": window_s, "hop_s": hop_s}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-
-
-def teacher_tracks(teacher, teacher_sha256: str, dataset, files: list[str], window_s: float,
-                   cache_dir: Path, progress: bool = True) -> dict[str, np.ndarray]:
-    """Teacher frame logits (frames, C) per file at the teacher's frame rate, from the cache
-    when present."""
-    from tqdm import tqdm
-
-    from edge_runtime.contract.windows import track
-    from export.backends import torch_window_fn
-
-    cfg = teacher.config
-    hop_s = window_s / 2
-    window, hop = round(window_s * cfg.sample_rate), round(hop_s * cfg.sample_rate)
-    if window % cfg.total_stride or hop % cfg.total_stride:
-        raise UserError(f"teacher window {window_s:g} s: window and half-window must be whole "
-                        f"teacher frames ({cfg.total_stride} samples)")
-    geo = WindowGeometry(window, hop, window // cfg.total_stride, hop // cfg.total_stride,
-                         cfg.sample_rate)
-    run = torch_window_fn(teacher.export_module().eval())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    out, computed = {}, 0
-    for file in tqdm(files, desc="teacher", disable=not progress, leave=False):
-        path = cache_dir / f"{cache_key(teacher_sha256, dataset, file, window_s, hop_s)}.npy"
-        if path.is_file():
-            out[file] = np.load(path)
-            continue
-        audio, _ = dataset.load(file)
-        logits = track(audio, geo, run).astype(np.float32)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, logits)
-        tmp.replace(path)
-        out[file] = logits
-        computed += 1
-    log.info("teacher outputs: %d computed, %d from cache %s", computed, len(files) - computed,
-             cache_dir)
-    return out
-
-
-def resample_frames(values: np.ndarray, rate_from: float, times_s: np.ndarray) -> np.ndarray:
-    """Linear interpolation of a frame track (frames, C) at `rate_from` fps to the given
-    times (frame centres); frame k of the track sits at (k + 0.5) / rate_from. Times beyond
-    the ends take the edge values."""
-    position = np.clip(times_s * rate_from - 0.5, 0, len(values) - 1)
-    lo = np.floor(position).astype(int)
-    hi = np.minimum(lo + 1, len(values) - 1)
-    w = (position - lo)[:, None].astype(np.float32)
-    return (1 - w) * values[lo] + w * values[hi]
-
-
 # ---------------------------------------------------------------- loss
 def distillation_loss(student: torch.Tensor, teacher_probs: torch.Tensor, temperature: float,
                       weights: torch.Tensor) -> torch.Tensor:
@@ -210,47 +148,6 @@ def label_loss(student: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
                               weights=weights, reduction="positives")
 
 
-# ---------------------------------------------------------------- data
-@dataclass
-class Windows:
-    """Training windows in memory: raw audio (N, samples), cached teacher logits at the
-    student's frame times (N, F, C) (None without a teacher), labels (N, F, C), labelled (N,),
-    valid frames (N, F)."""
-
-    audio: torch.Tensor
-    teacher: torch.Tensor | None
-    labels: torch.Tensor
-    labelled: torch.Tensor
-    valid: torch.Tensor
-
-
-def build_windows(dataset, labelled_files: list[str], unlabelled_files: list[str],
-                  tracks: dict[str, np.ndarray] | None, teacher_rate: float, window_s: float,
-                  frame_rate: float, progress: bool) -> Windows:
-    """Every file cut into windows (50 % overlap) with labels and, given teacher tracks, the
-    teacher's logits at the student's frame times."""
-    from tqdm import tqdm
-
-    audio, teach, labels, labelled, valid = [], [], [], [], []
-    files = [(f, True) for f in labelled_files] + [(f, False) for f in unlabelled_files]
-    n_frames = round(window_s * frame_rate)
-    centres = (np.arange(n_frames) + 0.5) / frame_rate
-    for file, has_labels in tqdm(files, desc="windows", disable=not progress, leave=False):
-        duration = dataset.info(file).duration_s
-        for clip in dataset.clips(window_s, window_s / 2, frame_rate, files=[file]):
-            times = clip.offset_s + centres
-            if tracks is not None:
-                teach.append(resample_frames(tracks[file], teacher_rate, times))
-            audio.append(clip.audio.astype(np.float32))
-            labels.append(clip.targets)
-            labelled.append(has_labels)
-            valid.append(times < duration)
-    return Windows(torch.from_numpy(np.stack(audio)),
-                   torch.from_numpy(np.stack(teach)) if tracks is not None else None,
-                   torch.from_numpy(np.stack(labels)).float(), torch.tensor(labelled),
-                   torch.from_numpy(np.stack(valid)))
-
-
 # ---------------------------------------------------------------- the run
 def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillConfig,
             cache_dir: Path | None = None, progress: bool = True) -> Path:
@@ -260,6 +157,7 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
 
     from export.backends import geometry_for, sigmoid, torch_student_window_fn, track_files
     from export.decoder_search import tune_decoder
+    from export.distill_data import build_windows, teacher_tracks
     from export.source import load_source
     from export.student import LogMel, Student, StudentSpec, arch, default_frontend, save_student
     from train.augment import augment_batch, mask_features
@@ -443,7 +341,7 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
 
 def _to_frames(track: torch.Tensor, frames: int) -> torch.Tensor:
     """(B, F_teacher, C) -> (B, frames, C) over the same window, frame k centred at
-    (k + 0.5) / rate on both sides (linear, as `resample_frames`)."""
+    (k + 0.5) / rate on both sides (linear, as distill_data.resample_frames)."""
     if track.shape[1] == frames:
         return track
     return F.interpolate(track.transpose(1, 2), size=frames, mode="linear",

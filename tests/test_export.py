@@ -20,10 +20,9 @@ from export.distill import (
     batch_sizes,
     distill,
     distillation_loss,
-    resample_frames,
-    teacher_tracks,
     teacher_weights,
 )
+from export.distill_data import resample_frames, teacher_tracks
 from export.quantize import CalibrationConfig, calibration_set, check_budget, quantize
 from export.source import load_source
 from export.student import Student, StudentConfig, load_student

@@ -3,7 +3,8 @@ the auxiliary metadata heads.
 
 Presets are plain instances (`ModelConfig.tiny()`, `.small()`, `.base()`, `.large()`); everything
 round-trips through a plain dict (`to_dict()` / `from_dict()`) so checkpoints carry their
-config. `from_dict` rejects unknown keys with a `UserError` that suggests the closest name.
+config. `from_dict` (train/config_base.py) rejects unknown keys with a `UserError` that suggests
+the closest name.
 
 `mask_prob` (pretraining and finetuning) is the masked fraction *before overlaps*, as in
 fairseq/data2vec/animal2vec, so it may exceed 1 (up to mask_length): 0.8 with 5-frame spans
@@ -13,16 +14,11 @@ this, with `expected_coverage` and `masking_regime_stats`.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from edge_runtime.contract.errors import UserError
-from edge_runtime.contract.settings import from_mapping
-
-C = TypeVar("C", bound="ConfigBase")
+from train.config_base import ConfigBase, check, check_choice
 
 AMP_MODES = ("bf16", "fp16", "fp32")
 CONV_NORMS = ("layer", "group")
@@ -31,32 +27,6 @@ TARGET_NORMS = ("none", "instance", "layer")
 EMA_SCHEDULES = ("linear", "cosine")
 META_KINDS = ("location", "circular", "class", "regression")
 META_MODES = ("standard", "adversarial", "off")
-
-
-# ---------------------------------------------------------------- dict round trip
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UserError(message)
-
-
-def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"{what} '{value}' is not one of {', '.join(choices)}{hint}")
-
-
-class ConfigBase:
-    """`to_dict` / `from_dict` for the dataclasses below. `from_dict` converts each value to
-    its field's type (JSON lists to tuples, nested heads to their config) and rejects unknown
-    keys and wrong types with a one-line `UserError` (`edge_runtime.contract.settings`)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any], where: str = "") -> C:
-        return from_mapping(cls, data, where or cls.__name__)
 
 
 # ---------------------------------------------------------------- model
@@ -103,26 +73,26 @@ class ModelConfig(ConfigBase):
     head_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.sample_rate > 0, f"sample_rate must be positive, got {self.sample_rate}")
-        _check(self.sinc_filters > 0, "sinc_filters must be positive")
-        _check(self.sinc_kernel % 2 == 1, f"sinc_kernel must be odd, got {self.sinc_kernel}")
-        _check(self.sinc_stride >= 1, "sinc_stride must be >= 1")
-        _check(self.sinc_min_low_hz + self.sinc_min_band_hz < self.sample_rate / 2,
+        check(self.sample_rate > 0, f"sample_rate must be positive, got {self.sample_rate}")
+        check(self.sinc_filters > 0, "sinc_filters must be positive")
+        check(self.sinc_kernel % 2 == 1, f"sinc_kernel must be odd, got {self.sinc_kernel}")
+        check(self.sinc_stride >= 1, "sinc_stride must be >= 1")
+        check(self.sinc_min_low_hz + self.sinc_min_band_hz < self.sample_rate / 2,
                "sinc_min_low_hz + sinc_min_band_hz must stay below the Nyquist frequency")
-        _check(len(self.conv_layers) > 0, "conv_layers must list at least one layer")
+        check(len(self.conv_layers) > 0, "conv_layers must list at least one layer")
         for i, layer in enumerate(self.conv_layers):
-            _check(len(layer) == 3 and all(int(v) >= 1 for v in layer),
+            check(len(layer) == 3 and all(int(v) >= 1 for v in layer),
                    f"conv_layers[{i}] must be (channels, kernel, stride) >= 1, got {layer}")
-        _choice(self.conv_norm, CONV_NORMS, "conv_norm")
-        _check(self.dim % self.heads == 0,
+        check_choice(self.conv_norm, CONV_NORMS, "conv_norm")
+        check(self.dim % self.heads == 0,
                f"dim ({self.dim}) must be divisible by heads ({self.heads})")
-        _check(self.depth >= 1, "depth must be >= 1")
-        _check(self.pos_conv_kernel % 2 == 1, f"pos_conv_kernel must be odd, got {self.pos_conv_kernel}")
-        _check(self.dim % self.pos_conv_groups == 0,
+        check(self.depth >= 1, "depth must be >= 1")
+        check(self.pos_conv_kernel % 2 == 1, f"pos_conv_kernel must be odd, got {self.pos_conv_kernel}")
+        check(self.dim % self.pos_conv_groups == 0,
                f"dim ({self.dim}) must be divisible by pos_conv_groups ({self.pos_conv_groups})")
         for name in ("dropout", "attn_dropout", "layerdrop", "head_dropout"):
-            _check(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1)")
-        _check(self.n_classes >= 0, "n_classes must be >= 0")
+            check(0.0 <= getattr(self, name) < 1.0, f"{name} must be in [0, 1)")
+        check(self.n_classes >= 0, "n_classes must be >= 0")
 
     # -- presets
     @classmethod
@@ -206,7 +176,7 @@ def model_preset(name: str, **overrides: Any) -> ModelConfig:
     presets = {"tiny": ModelConfig.tiny, "small": ModelConfig.small, "base": ModelConfig.base,
                "large": ModelConfig.large}
     if name not in presets:
-        _choice(name, tuple(presets), "model preset")
+        check_choice(name, tuple(presets), "model preset")
     return presets[name](**overrides)
 
 
@@ -236,11 +206,11 @@ class MetadataHeadConfig(ConfigBase):
     target_std: float = 1.0
 
     def __post_init__(self) -> None:
-        _choice(self.kind, META_KINDS, f"metadata head '{self.name}': kind")
-        _choice(self.mode, META_MODES, f"metadata head '{self.name}': mode")
-        _check(self.weight >= 0, f"metadata head '{self.name}': weight must be >= 0")
-        _check(self.target_std > 0, f"metadata head '{self.name}': target_std must be > 0")
-        _check(self.grl_warmup_steps >= 0, f"metadata head '{self.name}': grl_warmup_steps < 0")
+        check_choice(self.kind, META_KINDS, f"metadata head '{self.name}': kind")
+        check_choice(self.mode, META_MODES, f"metadata head '{self.name}': mode")
+        check(self.weight >= 0, f"metadata head '{self.name}': weight must be >= 0")
+        check(self.target_std > 0, f"metadata head '{self.name}': target_std must be > 0")
+        check(self.grl_warmup_steps >= 0, f"metadata head '{self.name}': grl_warmup_steps < 0")
 
 
 def default_metadata_heads() -> tuple[MetadataHeadConfig, ...]:
@@ -272,9 +242,9 @@ class OptimConfig(ConfigBase):
     amp: str = "bf16"
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
+        check(self.steps >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
                "steps, batch_size and grad_accum must be >= 1")
-        _choice(self.amp, AMP_MODES, "amp")
+        check_choice(self.amp, AMP_MODES, "amp")
 
 
 @dataclass(frozen=True)
@@ -334,26 +304,26 @@ class PretrainConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.mask_length >= 1, "mask_length must be >= 1 frame")
-        _check(0.0 <= self.mask_prob <= self.mask_length,
+        check(self.mask_length >= 1, "mask_length must be >= 1 frame")
+        check(0.0 <= self.mask_prob <= self.mask_length,
                f"mask_prob {self.mask_prob} must be in [0, mask_length] (it is the "
                "pre-overlap masked fraction; 0.8 with mask_length 5 masks ~59%)")
-        _check(0.0 <= self.ema_decay <= self.ema_end_decay <= 1.0,
+        check(0.0 <= self.ema_decay <= self.ema_end_decay <= 1.0,
                "need 0 <= ema_decay <= ema_end_decay <= 1")
-        _check(self.ema_anneal_steps is None or self.ema_anneal_steps >= 0,
+        check(self.ema_anneal_steps is None or self.ema_anneal_steps >= 0,
                "ema_anneal_steps must be >= 0 (or null for ema_anneal_frac of the run)")
-        _check(0.0 < self.ema_anneal_frac <= 1.0, "ema_anneal_frac must be in (0, 1]")
-        _choice(self.ema_schedule, EMA_SCHEDULES, "ema_schedule")
-        _check(self.top_k_layers >= 1, "top_k_layers must be >= 1")
-        _choice(self.final_target_norm, TARGET_NORMS, "final_target_norm")
-        _choice(self.loss, D2V_LOSSES, "loss")
-        _check(self.clone_batch >= 1, "clone_batch must be >= 1")
-        _check(self.feature_grad_mult >= 0, "feature_grad_mult must be >= 0")
-        _check(self.frontend_lr_mult >= 0, "frontend_lr_mult must be >= 0")
-        _choice(self.frontend_norm, ("frozen", "train"), "frontend_norm")
-        _check(self.min_target_var >= 0 and self.min_pred_var >= 0,
+        check(0.0 < self.ema_anneal_frac <= 1.0, "ema_anneal_frac must be in (0, 1]")
+        check_choice(self.ema_schedule, EMA_SCHEDULES, "ema_schedule")
+        check(self.top_k_layers >= 1, "top_k_layers must be >= 1")
+        check_choice(self.final_target_norm, TARGET_NORMS, "final_target_norm")
+        check_choice(self.loss, D2V_LOSSES, "loss")
+        check(self.clone_batch >= 1, "clone_batch must be >= 1")
+        check(self.feature_grad_mult >= 0, "feature_grad_mult must be >= 0")
+        check(self.frontend_lr_mult >= 0, "frontend_lr_mult must be >= 0")
+        check_choice(self.frontend_norm, ("frozen", "train"), "frontend_norm")
+        check(self.min_target_var >= 0 and self.min_pred_var >= 0,
                "min_target_var and min_pred_var must be >= 0 (0 = no guard)")
-        _check(self.variance_warmup_steps is None or self.variance_warmup_steps >= 0,
+        check(self.variance_warmup_steps is None or self.variance_warmup_steps >= 0,
                "variance_warmup_steps must be >= 0 (or null for 10% of the run, >= 100)")
 
     def top_k(self, depth: int) -> int:
@@ -437,18 +407,18 @@ class FinetuneConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.focal_gamma >= 0, "focal_gamma must be >= 0")
-        _check(self.focal_alpha is None or 0.0 <= self.focal_alpha <= 1.0,
+        check(self.focal_gamma >= 0, "focal_gamma must be >= 0")
+        check(self.focal_alpha is None or 0.0 <= self.focal_alpha <= 1.0,
                "focal_alpha must be in [0, 1] or None")
-        _check(self.mask_length >= 1, "mask_length must be >= 1 frame")
-        _check(0.0 <= self.mask_prob <= self.mask_length, "mask_prob must be in [0, mask_length]")
-        _check(0.0 < self.layer_lr_decay <= 1.0, "layer_lr_decay must be in (0, 1]")
-        _check(0.0 <= self.mixup_prob <= 1.0, "mixup_prob must be in [0, 1]")
-        _check(0.0 <= self.metadata_missing_frac <= 1.0,
+        check(self.mask_length >= 1, "mask_length must be >= 1 frame")
+        check(0.0 <= self.mask_prob <= self.mask_length, "mask_prob must be in [0, mask_length]")
+        check(0.0 < self.layer_lr_decay <= 1.0, "layer_lr_decay must be in (0, 1]")
+        check(0.0 <= self.mixup_prob <= 1.0, "mixup_prob must be in [0, 1]")
+        check(0.0 <= self.metadata_missing_frac <= 1.0,
                f"metadata_missing_frac must be in [0, 1], got {self.metadata_missing_frac}")
-        _check(self.freeze_encoder_steps >= 0, "freeze_encoder_steps must be >= 0")
+        check(self.freeze_encoder_steps >= 0, "freeze_encoder_steps must be >= 0")
         names = [h.name for h in self.metadata_heads]
-        _check(len(names) == len(set(names)), f"metadata head names repeat: {names}")
+        check(len(names) == len(set(names)), f"metadata head names repeat: {names}")
 
 
 __all__ = [

@@ -1,0 +1,119 @@
+"""What a student trains on: the teacher's frame tracks over whole files (cached on disk, keyed
+by teacher sha256 + file + clip parameters) and the files cut into training windows held in
+memory with labels and the teacher's logits at the student's frame times."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_runtime.contract.errors import UserError
+from edge_runtime.contract.windows import WindowGeometry
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------- teacher outputs (cached)
+def cache_key(teacher_sha256: str, dataset, file: str, window_s: float, hop_s: float) -> str:
+    stat = dataset.path(file).stat()
+    key = {"v": CACHE_VERSION, "teacher": teacher_sha256, "file": file, "size": stat.st_size,
+           "mtime_ns": stat.st_mtime_ns, "sample_rate": dataset.sample_rate,
+           "window_s": window_s, "hop_s": hop_s}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def teacher_tracks(teacher, teacher_sha256: str, dataset, files: list[str], window_s: float,
+                   cache_dir: Path, progress: bool = True) -> dict[str, np.ndarray]:
+    """Teacher frame logits (frames, C) per file at the teacher's frame rate, from the cache
+    when present."""
+    from tqdm import tqdm
+
+    from edge_runtime.contract.windows import track
+    from export.backends import torch_window_fn
+
+    cfg = teacher.config
+    hop_s = window_s / 2
+    window, hop = round(window_s * cfg.sample_rate), round(hop_s * cfg.sample_rate)
+    if window % cfg.total_stride or hop % cfg.total_stride:
+        raise UserError(f"teacher window {window_s:g} s: window and half-window must be whole "
+                        f"teacher frames ({cfg.total_stride} samples)")
+    geo = WindowGeometry(window, hop, window // cfg.total_stride, hop // cfg.total_stride,
+                         cfg.sample_rate)
+    run = torch_window_fn(teacher.export_module().eval())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    out, computed = {}, 0
+    for file in tqdm(files, desc="teacher", disable=not progress, leave=False):
+        path = cache_dir / f"{cache_key(teacher_sha256, dataset, file, window_s, hop_s)}.npy"
+        if path.is_file():
+            out[file] = np.load(path)
+            continue
+        audio, _ = dataset.load(file)
+        logits = track(audio, geo, run).astype(np.float32)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, logits)
+        tmp.replace(path)
+        out[file] = logits
+        computed += 1
+    log.info("teacher outputs: %d computed, %d from cache %s", computed, len(files) - computed,
+             cache_dir)
+    return out
+
+
+def resample_frames(values: np.ndarray, rate_from: float, times_s: np.ndarray) -> np.ndarray:
+    """Linear interpolation of a frame track (frames, C) at `rate_from` fps to the given
+    times (frame centres); frame k of the track sits at (k + 0.5) / rate_from. Times beyond
+    the ends take the edge values."""
+    position = np.clip(times_s * rate_from - 0.5, 0, len(values) - 1)
+    lo = np.floor(position).astype(int)
+    hi = np.minimum(lo + 1, len(values) - 1)
+    w = (position - lo)[:, None].astype(np.float32)
+    return (1 - w) * values[lo] + w * values[hi]
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class Windows:
+    """Training windows in memory: raw audio (N, samples), cached teacher logits at the
+    student's frame times (N, F, C) (None without a teacher), labels (N, F, C), labelled (N,),
+    valid frames (N, F)."""
+
+    audio: torch.Tensor
+    teacher: torch.Tensor | None
+    labels: torch.Tensor
+    labelled: torch.Tensor
+    valid: torch.Tensor
+
+
+def build_windows(dataset, labelled_files: list[str], unlabelled_files: list[str],
+                  tracks: dict[str, np.ndarray] | None, teacher_rate: float, window_s: float,
+                  frame_rate: float, progress: bool) -> Windows:
+    """Every file cut into windows (50 % overlap) with labels and, given teacher tracks, the
+    teacher's logits at the student's frame times."""
+    from tqdm import tqdm
+
+    audio, teach, labels, labelled, valid = [], [], [], [], []
+    files = [(f, True) for f in labelled_files] + [(f, False) for f in unlabelled_files]
+    n_frames = round(window_s * frame_rate)
+    centres = (np.arange(n_frames) + 0.5) / frame_rate
+    for file, has_labels in tqdm(files, desc="windows", disable=not progress, leave=False):
+        duration = dataset.info(file).duration_s
+        for clip in dataset.clips(window_s, window_s / 2, frame_rate, files=[file]):
+            times = clip.offset_s + centres
+            if tracks is not None:
+                teach.append(resample_frames(tracks[file], teacher_rate, times))
+            audio.append(clip.audio.astype(np.float32))
+            labels.append(clip.targets)
+            labelled.append(has_labels)
+            valid.append(times < duration)
+    return Windows(torch.from_numpy(np.stack(audio)),
+                   torch.from_numpy(np.stack(teach)) if tracks is not None else None,
+                   torch.from_numpy(np.stack(labels)).float(), torch.tensor(labelled),
+                   torch.from_numpy(np.stack(valid)))
