@@ -181,8 +181,9 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
         say(t0, f"seed {seed}: int8 conversion")
         quantize(student, plan.data, int8, force=True, progress=progress)
 
+    # Keyed on the preset's config, not its name: a preset redefined later rebuilds its runs.
     minutes = run_once(teacher, {"data": data_id, "seed": seed, "steps": steps,
-                                 "model": plan.teacher_model,
+                                 "model": model_preset(plan.teacher_model).to_dict(),
                                  "batch_size": plan.batch_size, "clip_s": plan.clip_s},
                        cmds["teacher"], train_teacher)
     minutes += run_once(student, {"teacher": digest(teacher), "arch": plan.arch, "seed": seed,
