@@ -17,8 +17,8 @@ reads names and offset-less headers in local time), the same rules `edge-runtime
 `audio.start_time = "filename"` uses. The outputs say which source each time came from; a file
 whose time cannot be known gets an empty UTC column and a warning, never a guess.
 
-Outputs in `out`: the `rtypes` of `output_formats` (default: per-file Raven tables, events.csv,
-events.parquet with pyarrow), built from the manifest after every run; `clips` cuts one clip per
+Outputs in `out`: the `rtypes` of `output_formats` (default: per-file Raven tables and events.csv;
+events.parquet when asked), built from the manifest after every run; `clips` cuts one clip per
 detection (`batch_clips`), named in the `clip` column; and
   manifest.jsonl       one JSON line per analysed file (path, size, mtime, settings incl. the
                        artifact's sha256, hop, time and clip settings, status, error/warning,

@@ -31,8 +31,8 @@ examples:
   meerkit analyze card/ --model m.tflite --out results --clips results/clips --overlap 0.5
 
 Writes the --rtype outputs (default: one Raven selection table per audio file,
-<name>.Table.1.selections.txt mirroring the input folders, events.csv, and events.parquet with
-pyarrow) and manifest.jsonl. Rerunning skips files already analysed with the same model and
+<name>.Table.1.selections.txt mirroring the input folders, and events.csv; --rtype ...,parquet
+adds events.parquet, with pyarrow) and manifest.jsonl. Rerunning skips files already analysed with the same model and
 settings (unless --force) and retries failed ones; other --rtype values rewrite the tables
 without analysing again. Start times (start_utc, and time_source saying where they came from):
 the recorder's header (AudioMoth comment, GUANO), else the file name (20250601_053000.WAV, UTC
@@ -105,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("outputs")
     o.add_argument("--rtype", metavar="TYPE[,TYPE...]",
                    help=f"output types, comma-separated: {', '.join(RTYPES)} (default: raven,"
-                        "csv and parquet when pyarrow is installed)")
+                        "csv; parquet needs pyarrow, the `analyze` extra)")
     o.add_argument("--clips", "--clips-dir", dest="clips", metavar="DIR",
                    help="write one audio clip per detection into DIR (named in the `clip` "
                         "column of csv, raven-combined and parquet)")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import importlib
-import importlib.util
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -101,14 +100,11 @@ def parse_rtypes(spec: str | Sequence[str], where: str = "--rtype") -> list[str]
 
 
 def default_rtypes() -> list[str]:
-    """What `meerkit analyze` wrote before `--rtype` existed: per-file Raven tables and
-    events.csv, plus events.parquet when pyarrow is installed (looked up, not imported:
-    pyarrow would hold ~36 MB for the whole run; it is imported to write, at the end)."""
-    try:
-        found = importlib.util.find_spec("pyarrow") is not None
-    except (ImportError, ValueError):  # a broken or blocked install counts as missing
-        found = False
-    return ["raven", "csv", "parquet"] if found else ["raven", "csv"]
+    """Per-file Raven tables and events.csv, on every install. parquet is written only when
+    asked (`--rtype ...,parquet`): importing pyarrow costs ~36 MB, which alone would lift a
+    one-worker run past the 100 MB a recorder allows, and a default that depended on what
+    happens to be installed would give the same command different outputs on two machines."""
+    return ["raven", "csv"]
 
 
 def write_outputs(out: str | Path, rtypes: Sequence[str], rows: Sequence[EventRow],

@@ -232,7 +232,7 @@ def test_user_errors_name_the_problem(energy_model, tmp_path):
 def test_parquet_matches_the_csv(energy_model, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet", reason="events.parquet is written with pyarrow")
     card = write_card(tmp_path / "card", broken=False)
-    assert run(card, tmp_path / "out", energy_model).ok
+    assert run(card, tmp_path / "out", energy_model, rtypes="raven,csv,parquet").ok
     table = pq.read_table(tmp_path / "out" / "events.parquet").to_pylist()
     assert [(r["file"], r["label"], r["start_s"], r["end_s"], r["start_utc"] or "")
             for r in table] == [(r["file"], r["label"], float(r["start_s"]), float(r["end_s"]),
