@@ -1,8 +1,12 @@
 """Gather the benchmark JSONs under benchmarks/out/ into one table: benchmarks/RESULTS.md.
 
 Every figure carries the command that produced it (each script records its own command line),
-and every target from DESIGN.md is marked met or MISSED. A benchmark whose JSON is absent is
-listed as not run, never filled in. `make bench` runs the scripts and then this.
+and every target from DESIGN.md is marked met or MISSED. `make bench` runs the scripts and then this.
+
+A section whose JSON is absent (benchmarks/out is scratch space, not kept in git: a fresh
+checkout has none of it) keeps its rows from the RESULTS.md being replaced, verbatim with
+their commands, and says so with the date they were written; with --no-carry, or when that
+file has none, it is listed as not run. Rows are never filled in from anything else.
 
     python benchmarks/results.py [--out-dir benchmarks/out] [--write benchmarks/RESULTS.md]
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -248,13 +253,42 @@ NOT_MEASURED = (
 )
 
 
-def render(out_dir: Path) -> str:
-    """One table (a section column groups it); each row names its command, listed below."""
+_CARRIED = "carried over unchanged from the RESULTS.md written "
+_DATE = r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC)"
+
+
+def previous_rows(text: str) -> tuple[dict[str, list[Row]], dict[str, str]]:
+    """The rows of an earlier RESULTS.md by section, their command labels resolved to the
+    commands, and when each section was written (a carried section keeps its first date)."""
+    commands = dict(re.findall(r"^- (C\d+): `(.*)`$", text, flags=re.M))
+    written = re.search(r"Written by .*? on " + _DATE, text)
+    rows: dict[str, list[Row]] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 5 and cells[4] in commands:
+            title, what, value, target, label = cells
+            rows.setdefault(title, []).append((what, value, target, commands[label]))
+    dates = {title: written.group(1) if written else "earlier" for title in rows}
+    dates.update(re.findall(r"^- (.+?): " + _CARRIED + _DATE, text, flags=re.M))
+    return rows, dates
+
+
+def render(out_dir: Path, previous: str = "") -> str:
+    """One table (a section column groups it); each row names its command, listed below.
+    `previous`: the RESULTS.md being replaced, whose rows stand in for absent JSONs."""
     table = ["| section | what | measured | target | command |", "|---|---|---|---|---|"]
     commands: dict[str, str] = {}  # command -> label
     notes, missing = [], []
+    carried, written = previous_rows(previous)
     for title, files, build in SECTIONS:
         found = [(f, r) for f, r in ((f, _load(out_dir / f)) for f in files) if r is not None]
+        if not found and carried.get(title):
+            for what, value, target, cmd in carried[title]:
+                label = commands.setdefault(cmd, f"C{len(commands) + 1}")
+                table.append(f"| {title} | {what} | {value} | {target} | {label} |")
+            notes.append(f"{title}: {_CARRIED}{written[title]} (no `{out_dir / files[0]}` on "
+                         "this machine; its command reruns it).")
+            continue
         if not found:
             missing.append(f"{title}: not run (no `{out_dir / files[0]}`).")
             continue
@@ -301,8 +335,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/out"))
     parser.add_argument("--write", type=Path, default=Path("benchmarks/RESULTS.md"))
+    parser.add_argument("--no-carry", action="store_true",
+                        help="list sections without a JSON as not run, instead of keeping "
+                             "their rows from the file being replaced")
     args = parser.parse_args(argv)
-    text = render(args.out_dir)
+    previous = "" if args.no_carry or not args.write.is_file() else args.write.read_text()
+    text = render(args.out_dir, previous)
     args.write.write_text(text)
     print(text)
     print(f"wrote {args.write}")

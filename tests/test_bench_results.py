@@ -122,3 +122,34 @@ def test_lookahead_rows_name_the_setting_and_the_command(tmp_path):
     assert len(lines) == 2
     assert "lookahead centred at hop 0.5 s (test, 32 files)" in lines[0]
     assert "0.600 / 0.530 / 0.82 s" in lines[1]
+
+
+def test_sections_without_json_keep_their_previous_rows(tmp_path):
+    """benchmarks/out is not in git: a fresh checkout regenerating RESULTS.md keeps the rows of
+    sections it did not rerun, with their commands, and says they are carried over."""
+    lookahead = {"command": "python benchmarks/lookahead_bench.py --model m.tflite",
+                 "files": 4, "split": "test",
+                 "rows": [{"hop_s": 0.5, "lookahead_s": None, "frame_macro_ap": 0.6,
+                           "event_f1": 0.7, "latency_bound_s": 1.2}]}
+    (tmp_path / "lookahead_bench.json").write_text(json.dumps(lookahead))
+    previous = "\n".join([
+        "Written by `python benchmarks/results.py` on 2026-12-01 08:00 UTC from ...", "",
+        "| section | what | measured | target | command |", "|---|---|---|---|---|",
+        "| export | claim: int8 file <= 1 MB | 229 KiB | <= 1 MB: met | C1 |",
+        "| reliability | soak: lost / duplicates | 0 / 0 | 0 / 0: met | C2 |",
+        "| latency vs lookahead | old row | 0.1 | | C3 |", "",
+        "- C1: `python benchmarks/export_table.py --seeds 0,1,2`",
+        "- C2: `python benchmarks/soak.py`", "- C3: `python benchmarks/lookahead_bench.py`"])
+    text = render(tmp_path, previous)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert "| export | claim: int8 file <= 1 MB | 229 KiB | <= 1 MB: met | C" in text
+    assert "| reliability | soak: lost / duplicates | 0 / 0 | 0 / 0: met |" in text
+    assert not any("old row" in line for line in rows)  # a section with its JSON is rebuilt
+    assert "`python benchmarks/export_table.py --seeds 0,1,2`" in text
+    assert "export: carried over unchanged from the RESULTS.md written 2026-12-01 08:00 UTC" in text
+    assert "training: not run" in text  # nothing to carry
+    again = render(tmp_path, text.replace("Written by `python benchmarks/results.py` on 2026-12-01",
+                                          "Written by `python benchmarks/results.py` on 2026-12-05"))
+    assert "export: carried over unchanged from the RESULTS.md written 2026-12-01 08:00" in again
+    assert "export: carried" not in render(tmp_path)  # without a previous file: not run
+    assert "export: not run" in render(tmp_path)
