@@ -80,9 +80,11 @@ def test_presets_geometry():
     small = model_preset("small")
     for config in (tiny, small, base, large):
         assert config.total_stride == 320 and config.frame_rate_hz == 50.0
-    # small is tiny's front end, wider: same framing, so a teacher of either stitches alike
+    # small: finer sinc envelopes (400 fps) and one more stride-2 conv, the same 50 fps framing,
+    # so a teacher of either stitches alike
     assert small.receptive_field_samples > tiny.receptive_field_samples
     assert (small.dim, small.conv_layers[0][0], small.sinc_filters) == (128, 128, 64)
+    assert small.sinc_stride * 2 ** len(small.conv_layers) == 320
     assert model_preset("small", depth=4).depth == 4  # overrides win
     assert base.receptive_field_samples == 739
     assert base.receptive_field_s == pytest.approx(0.046, abs=0.001)

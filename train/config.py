@@ -112,18 +112,18 @@ class ModelConfig(ConfigBase):
 
     @classmethod
     def small(cls, **overrides: Any) -> ModelConfig:
-        """The CPU benchmarks' teacher: `tiny` with 128-channel convs and a 128-wide
-        transformer. A teacher should outgrow its students; at tiny's width it did not
-        (synth `default`, 2000 steps, 3 seeds: test AP 0.596 against 0.670 for the label-only
-        `tcn_small` student, whose five 128-channel blocks do more per-frame work than tiny's
-        two 64-channel convs). Val AP at 1500 steps, one seed each: tiny 0.627; dim 128 0.664;
-        dim 128 + 6 layers no better at 600 steps; dim 128 + 128-channel convs 0.698 (this
-        preset); with kernels 9/5 instead of 5/3, 0.697 (no gain, more cost). Measured after
-        the export table was built on this preset, so not adopted yet: envelopes at 400 fps
-        (`sinc_stride=40`) and a third stride-2 conv, 0.742 (noise_burst 0.54 -> 0.67,
-        click_train 0.90 -> 0.95, trill 0.22 -> 0.26), at the same step cost (0.28 s per
-        16-clip step on one thread, both)."""
-        base = dict(conv_layers=((128, 5, 2), (128, 3, 2)), dim=128)
+        """The CPU benchmarks' teacher: `tiny` with sinc envelopes at 400 fps, three
+        128-channel stride-2 convs down to 50 fps, and a 128-wide transformer. A teacher
+        should outgrow its students; at tiny's width it did not (synth `default`, 2000 steps,
+        3 seeds: test AP 0.596 against 0.670 for the label-only `tcn_small` student). Val AP
+        at 1500 steps, one seed each: tiny 0.627; dim 128 0.664; dim 128 + 6 layers no better
+        at 600 steps; dim 128 + two 128-channel convs (kernels 5/3) from 200 fps envelopes
+        0.698 (session 6's `small`: 3-seed test AP 0.695); the same with kernels 9/5, 0.697;
+        this preset, 0.742 (noise_burst 0.54 -> 0.67, click_train 0.90 -> 0.95, trill
+        0.22 -> 0.26: short, fast events gain from the finer envelopes), at the same step
+        cost (0.28 s per 16-clip step on one thread, both)."""
+        base = dict(sinc_stride=40, conv_layers=((128, 5, 2), (128, 3, 2), (128, 3, 2)),
+                    dim=128)
         return cls.tiny(**{**base, **overrides})
 
     @classmethod
