@@ -404,6 +404,30 @@ def test_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
         generate(config, out, progress=False)
     generate(config, out, progress=False, force=True)
     assert json.loads((out / "synth.json").read_text())["complete"] is True
+    assert not (out / "synth.partial.json").exists()
+
+
+def test_an_interrupted_generation_has_no_synth_json(tmp_path: Path, monkeypatch) -> None:
+    """synth.json is written last, so `synth.json exists` (what the benchmarks and the demo
+    check before reusing a folder) means complete; --force still recognises the folder."""
+    import train.data.synth.write as write
+
+    config = SynthConfig.tiny(n_train=1, n_val=0, n_test=0, n_shift=0, n_pretrain=0)
+    out = tmp_path / "out"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(write, "_render_all", killed)
+    with pytest.raises(KeyboardInterrupt):
+        generate(config, out, progress=False)
+    assert not (out / "synth.json").exists()
+    assert json.loads((out / "synth.partial.json").read_text())["complete"] is False
+    monkeypatch.undo()
+    with pytest.raises(UserError, match="--force"):
+        generate(config, out, progress=False)
+    generate(config, out, progress=False, force=True)
+    assert json.loads((out / "synth.json").read_text())["complete"] is True
 
 
 def test_invalid_config_is_a_user_error() -> None:

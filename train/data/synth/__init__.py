@@ -12,7 +12,8 @@ contract of DESIGN.md:
     labels.txt                        the label set, one per line, in LABELS order
     subsets/train_<P>pct.txt          nested label-budget subsets of train (P in SUBSET_PERCENTS)
     synth.json                        config, seed, generator version, stats, subsets, cues,
-                                      regions, recorders
+                                      regions, recorders; written last, so a folder with it
+                                      is complete (synth.partial.json while generating)
 
 What is modelled, and why:
 * Six call classes with distinct spectro-temporal shapes (LABELS) within ~0.4-7 kHz, mostly

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import multiprocessing as mp
+import os
 import shutil
 import sys
 import time
@@ -48,7 +49,10 @@ from train.data.synth.world import (
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("audio", "subsets", "annotations.csv", "metadata.csv", "splits.csv", "labels.txt",
-           "synth.json")
+           "synth.json", "synth.partial.json")
+# synth.json is written last, so a folder holding it is complete: a generation that was
+# interrupted leaves only synth.partial.json (which still marks the folder as ours for --force).
+PARTIAL = "synth.partial.json"
 ANNOTATION_COLUMNS = ["file", "start_s", "end_s", "label", "low_hz", "high_hz", "snr_db"]
 METADATA_COLUMNS = ["file", "lat", "lon", "elevation_m", "recorded_at", "recorder_id", "site",
                     "habitat"]
@@ -75,7 +79,7 @@ def _prepare_out_dir(out: Path, force: bool) -> None:
         if not force:
             raise UserError(f"{out}: folder is not empty; pass --force to overwrite an earlier "
                             "`meerkit synth` output there, or choose a new folder")
-        if not (out / "synth.json").is_file():
+        if not ((out / "synth.json").is_file() or (out / PARTIAL).is_file()):
             raise UserError(f"{out}: not empty and not a `meerkit synth` output (no synth.json); "
                             "refusing to delete it even with --force")
         for name in OUTPUTS:
@@ -164,7 +168,10 @@ def _describe_cues(config: SynthConfig, plans: dict[str, list[FilePlan]]) -> dic
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    """Atomically: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,7 @@ def generate(config: SynthConfig, out_dir: str | Path, *, workers: int = 1, forc
     _prepare_out_dir(out, force)
     header = dict(generator="meerkit.synth", version=GENERATOR_VERSION, seed=config.seed,
                   config=asdict(config), complete=False)
-    _write_json(out / "synth.json", header)  # marks the folder as ours even if interrupted
+    _write_json(out / PARTIAL, header)  # marks the folder as ours even if interrupted
 
     world = build_world(config.seed)
     plans = {split: plan_split(config, split, world) for split in SPLITS}
@@ -218,7 +225,8 @@ def generate(config: SynthConfig, out_dir: str | Path, *, workers: int = 1, forc
         budget_subsets=list(BUDGET_SUBSETS), cues=_describe_cues(config, plans),
         **_describe_world(world, config),
     )
-    _write_json(out / "synth.json", payload)
+    _write_json(out / "synth.json", payload)  # last: its presence means complete
+    (out / PARTIAL).unlink()
     return SynthResult(out, payload, time.perf_counter() - t0)
 
 
