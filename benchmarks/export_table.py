@@ -95,6 +95,7 @@ class Plan:
     clip_s: float
     batch_size: int
     teacher_model: str = "tiny"  # train/config.py model preset
+    student_hop_length: int = 0  # the students' log-mel hop in samples; 0: 20 ms (50 fps)
 
     @property
     def data(self) -> Path:
@@ -104,13 +105,24 @@ class Plan:
         model = "" if self.teacher_model == "tiny" else f"_{self.teacher_model}"  # older runs
         return self.work / f"{self.preset}_teacher{model}_t{self.teacher_steps}" / f"seed{seed}"
 
+    @property
+    def _student_name(self) -> str:
+        """`tcn_small_d1500`; a non-default front-end hop adds `_h160` (older runs keep
+        their names)."""
+        hop = f"_h{self.student_hop_length}" if self.student_hop_length else ""
+        return f"{self.arch}_d{self.distill_steps}{hop}"
+
+    @property
+    def _hop_flag(self) -> str:
+        return f" --hop-length {self.student_hop_length}" if self.student_hop_length else ""
+
     def path(self, model: str, seed: int | str) -> Path:
-        student = self._teacher_root(seed) / f"{self.arch}_d{self.distill_steps}"
+        student = self._teacher_root(seed) / self._student_name
         return {"teacher": self._teacher_root(seed) / "teacher" / "model.pt",
                 "student_fp32": student / "student.pt",
                 "student_int8": student / "student_int8.tflite",
-                "baseline": self.work / f"{self.preset}_labels_only_{self.arch}_d"
-                                        f"{self.distill_steps}" / f"seed{seed}" / "baseline.pt",
+                "baseline": self.work / f"{self.preset}_labels_only_{self._student_name}"
+                                      / f"seed{seed}" / "baseline.pt",
                 }[model]
 
     def tracks(self, model: str, seed: int, split: str) -> Path:
@@ -130,13 +142,13 @@ class Plan:
                        f"warmup_steps={self.teacher_steps // 10}; done",
             "student_fp32": f"{loop}meerkit export distill --teacher {p['teacher']} --data "
                             f"{self.data} --out {p['student_fp32']} --arch {self.arch} --steps "
-                            f"{self.distill_steps} --seed $s --cache {self.work}/teacher_cache; "
-                            "done",
+                            f"{self.distill_steps}{self._hop_flag} --seed $s --cache "
+                            f"{self.work}/teacher_cache; done",
             "student_int8": f"{loop}meerkit export quantize --checkpoint {p['student_fp32']} "
                             f"--calibration {self.data} --out {p['student_int8']} --force; done",
             "baseline": f"{loop}meerkit export distill --labels-only --data {self.data} --out "
-                        f"{p['baseline']} --arch {self.arch} --steps {self.distill_steps} "
-                        "--seed $s; done",
+                        f"{p['baseline']} --arch {self.arch} --steps {self.distill_steps}"
+                        f"{self._hop_flag} --seed $s; done",
             "verify": f"{loop}for split in {' '.join(SPLITS)}; do meerkit export verify "
                       f"{p['student_int8']} --data {self.data} --split $split --checkpoint "
                       f"{p['student_fp32']} --teacher {p['teacher']} --baseline {p['baseline']} "
@@ -173,9 +185,10 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
 
     def distil(teacher_path: Path | None, out: Path, what: str) -> None:
         say(t0, f"seed {seed}: distilling {what} ({plan.distill_steps} steps)")
-        distill(teacher_path, plan.data, out, DistillConfig(arch=plan.arch,
-                                                             steps=plan.distill_steps, seed=seed),
-                cache_dir=plan.work / "teacher_cache", progress=progress)
+        config = DistillConfig(arch=plan.arch, steps=plan.distill_steps, seed=seed,
+                               hop_length=plan.student_hop_length)
+        distill(teacher_path, plan.data, out, config, cache_dir=plan.work / "teacher_cache",
+                progress=progress)
 
     def to_int8(_: bool) -> None:
         say(t0, f"seed {seed}: int8 conversion")
@@ -186,12 +199,14 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
                                  "model": model_preset(plan.teacher_model).to_dict(),
                                  "batch_size": plan.batch_size, "clip_s": plan.clip_s},
                        cmds["teacher"], train_teacher)
+    # the hop only when set, so that markers written before the option still match
+    hop = {"hop_length": plan.student_hop_length} if plan.student_hop_length else {}
     minutes += run_once(student, {"teacher": digest(teacher), "arch": plan.arch, "seed": seed,
-                                  "steps": plan.distill_steps},
+                                  "steps": plan.distill_steps, **hop},
                         cmds["student_fp32"], lambda _: distil(teacher, student, "the student"))
     minutes += run_once(int8, {"student": digest(student)}, cmds["student_int8"], to_int8)
     minutes += run_once(baseline, {"data": data_id, "arch": plan.arch, "seed": seed,
-                                   "steps": plan.distill_steps}, cmds["baseline"],
+                                   "steps": plan.distill_steps, **hop}, cmds["baseline"],
                         lambda _: distil(None, baseline, "the label-only student"))
     return minutes
 
@@ -318,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="teacher model preset (default small; --quick: tiny)")
     parser.add_argument("--teacher-steps", type=int, help="finetuning steps (default 3000)")
     parser.add_argument("--distill-steps", type=int, help="student steps (default 1500)")
+    parser.add_argument("--student-hop-length", type=int, default=0, metavar="SAMPLES",
+                        help="the students' log-mel hop (`meerkit export distill --hop-length`;"
+                             " default 0: 20 ms, 50 fps; 160 at 16 kHz: 100 fps)")
     parser.add_argument("--clip-s", type=float, default=2.0, help="teacher training clips")
     parser.add_argument("--batch-size", type=int, default=16, help="teacher batch size")
     parser.add_argument("--n-boot", type=int, help="bootstrap replicates (default 1000)")
@@ -361,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = sys.stderr.isatty()
     t0 = time.perf_counter()
     plan = Plan(args.work, args.preset, args.arch, args.teacher_steps, args.distill_steps,
-                args.clip_s, args.batch_size, args.teacher_model)
+                args.clip_s, args.batch_size, args.teacher_model, args.student_hop_length)
     if not (plan.data / "synth.json").is_file():
         say(t0, f"generating synth '{args.preset}' into {plan.data}")
         generate(SynthConfig.preset(args.preset), plan.data, workers=2, force=True,
@@ -395,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         latency, footprints, plan.commands(seeds), args.n_boot,
         command=invocation(), quick=args.quick, preset=args.preset, seeds=seeds,
         arch=args.arch, teacher_model=args.teacher_model, teacher_steps=args.teacher_steps,
-        distill_steps=args.distill_steps,
+        distill_steps=args.distill_steps, student_hop_length=args.student_hop_length,
         clip_s=args.clip_s, batch_size=args.batch_size)
     return finish(result, out, t0, built, render_markdown)
 

@@ -179,3 +179,16 @@ def test_teacher_model_names_its_runs_and_commands(tmp_path):
     assert "--preset small" in small.commands([0])["teacher"]
     # the label-only baseline does not depend on the teacher: both plans share it
     assert tiny.path("baseline", 1) == small.path("baseline", 1)
+
+
+def test_student_hop_length_names_its_runs_and_commands(tmp_path):
+    fifty = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small")
+    hundred = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small", 160)
+    assert fifty.path("student_int8", 0).parts[-2] == "tcn_small_d1500"  # older runs' names
+    assert hundred.path("student_int8", 0).parts[-2] == "tcn_small_d1500_h160"
+    assert hundred.path("baseline", 0).parts[-3] == "default_labels_only_tcn_small_d1500_h160"
+    assert hundred.path("teacher", 0) == fifty.path("teacher", 0)  # one teacher serves both
+    commands = hundred.commands([0])
+    assert "--steps 1500 --hop-length 160 --seed $s" in commands["student_fp32"]
+    assert "--steps 1500 --hop-length 160 --seed $s" in commands["baseline"]
+    assert "--hop-length" not in fifty.commands([0])["student_fp32"]
