@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="training seeds, comma-separated (default 0,1,2; "
                         "--quick: 0)")
     parser.add_argument("--missing-seeds", help="seeds of the H5 runs at 50 %% / 90 %% missing "
-                        "metadata (default: every seed)")
+                        "metadata, or `none` (default: every seed)")
     parser.add_argument("--preset", help="synth preset (default default; --quick: tiny)")
     parser.add_argument("--pretrain-steps", type=int, help="pretraining steps (default 1500)")
     parser.add_argument("--finetune-steps", type=int, help="finetuning steps (default 600)")
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         return seeds
 
     seeds = seed_list(args.seeds, "--seeds")
-    missing_seeds = (seed_list(args.missing_seeds, "--missing-seeds")
-                     if args.missing_seeds is not None else seeds)
+    missing_seeds = (seeds if args.missing_seeds is None else [] if args.missing_seeds == "none"
+                     else seed_list(args.missing_seeds, "--missing-seeds"))
     if not set(missing_seeds) <= set(seeds):
         parser.error("--missing-seeds must be among --seeds (they are compared with the "
                      "no-heads runs of the same seeds)")
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         add(f"meta/{heads}", f"teacher from scratch, 100 % labels, {heads} heads", "teacher",
             seed_loop(seeds, plan.finetune_command("train", SEED, heads=heads)),
             {s: plan.teacher("train", s, heads=heads) for s in seeds}, list(SPLITS))
-        for frac in MISSING_FRACS:
+        for frac in MISSING_FRACS if missing_seeds else ():
             if f"meta/{heads}@{frac:g}" in unstable:
                 continue
             add(f"meta/{heads}@{frac:g}", f"{heads} heads, {pct(frac)} of metadata hidden",
