@@ -108,11 +108,14 @@ def test_baseline_and_event_claims_follow_their_intervals():
     assert _claim(claims, "int8 student event F1")["lo"] >= 0.75
     assert _claim(claims, "int8 student event F1")["verdict"] == "met"
 
-    scored = {"student_int8": bad, "baseline": good}
+    scored = {"student_int8": bad, "baseline": good, "teacher": good}
     claims = ec.quality_claims(scored, ec.model_metrics(scored, N_BOOT), N_BOOT)
     for split in ec.SPLITS:
         versus = _claim(claims, "int8 student frame macro AP >= the label-only", split)
         assert versus["hi"] < 0 and versus["verdict"] == "missed"
+        # the teacher's own comparison: identical tracks, a difference of exactly 0
+        teacher = _claim(claims, "teacher frame macro AP >= the label-only", split)
+        assert teacher["mean"] == pytest.approx(0.0) and teacher["lo"] == pytest.approx(0.0)
     assert _claim(claims, "int8 student event F1")["verdict"] == "missed"
 
 
@@ -162,11 +165,11 @@ def test_result_tables_and_results_md(tmp_path):
     assert "for s in 0 1; do meerkit export distill --labels-only" in table
     assert "seed$s" in result["commands"]["teacher"] and "--seed $s" in result["commands"]["teacher"]
     assert {c["verdict"] for c in result["claims"]} <= set(VERDICTS)
-    assert len(result["claims"]) == 9
+    assert len(result["claims"]) == 11  # 9 targets + teacher vs label-only on 2 splits
 
     (tmp_path / "export_table.json").write_text(json.dumps(result))
     export = [line for line in render(tmp_path).splitlines() if line.startswith("| export |")]
-    assert sum("claim:" in line for line in export) == 9
+    assert sum("claim:" in line for line in export) == 11
     assert any(format_interval(int8) in line and "`shift`" in line for line in export)
 
 
