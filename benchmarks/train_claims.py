@@ -198,10 +198,11 @@ def _verdict(comparison: Mapping[str, Any], gate_passed: bool) -> str:
 
 
 def _trend(values: Sequence[float | None]) -> str:
-    """'shrinks' when |value| does not grow along `values` (point estimates)."""
+    """'shrinks' when each value moves toward 0 from the one before, or past it: a gain that
+    falls (+0.015, 0.000, -0.005 shrinks) or a loss that rises (point estimates)."""
     if any(v is None for v in values):
         return "undefined"
-    shrinking = all(abs(b) <= abs(a) for a, b in pairwise(values))
+    shrinking = all(b <= a if a >= 0 else b >= a for a, b in pairwise(values))
     return "shrinks" if shrinking else "does not shrink"
 
 

@@ -283,3 +283,12 @@ def test_the_from_pretrained_recipe_and_the_init_flag():
                                        "freeze_encoder_steps=5", "--set", "layer_lr_decay=1"]),
                     "finetune")[1]
     assert (mine.freeze_encoder_steps, mine.layer_lr_decay) == (5, 1.0)
+
+
+def test_a_gain_that_falls_past_zero_shrinks():
+    from benchmarks.train_claims import _trend
+
+    assert _trend([0.015, 0.0, -0.005]) == "shrinks"  # H5's heads: the gain goes, then turns
+    assert _trend([-0.02, -0.01, 0.0]) == "shrinks"  # a loss that goes away
+    assert _trend([0.002, 0.004, -0.004]) == "does not shrink"  # H2 here: up before down
+    assert _trend([0.01, None]) == "undefined"
