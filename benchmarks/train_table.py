@@ -51,19 +51,17 @@ chooses the recipe again from seed 0's candidates.
     python benchmarks/train_table.py [--seeds 0,1,2] [--finetune-steps 600] [--work DIR]
     python benchmarks/train_table.py --quick --seeds 0      # smoke run: synth tiny, 30 steps
 
-Run time, 2-core x86. `--quick --seeds 0`: 17 min measured (niced, beside other jobs: load
-average 4-5 on the 2 cores). The full run is estimated, not measured, from costs measured
-under that same load with one thread: 0.48 s per pretraining step, 0.69 s per finetuning step
-(tiny model, batch 16, 2 s clips), 0.42 s per student step (batch 32); per audio second 10 ms
-to run the teacher, 14 ms a student, 2 ms to tune a decoder, 23 ms for a probe. Per seed:
-pretraining 12 min; probes 5 min; 12 finetunings (6 for H2, 2 for H3/H4, 4 for H5) of 600
-steps at ~7 min plus ~1 min each of validation (5 x 1000 s of `val`) and decoder tuning,
-~97 min; 3 students of 1500 steps at ~11 min plus ~2 min each, ~38 min; scoring ~4 min: about
-2.6 h per seed. With 2 recipe candidates (16 min), generating synth `default` and the
-bootstrap: about 8 h for 3 seeds under that load, perhaps half on an idle machine (not
-measured). `--missing-seeds 0` saves ~32 min per other seed. A rerun with everything on disk
-takes minutes (scoring reads the cached tracks; the bootstrap). Each run's minutes are recorded
-beside it and summed into the JSON ("built_minutes").
+Run time, 2-core x86. Measured in session 7 (the full run, from nothing): three per-seed
+processes side by side, one torch thread each (`--seeds 0 --threads 1`, then `--seeds 1` and
+`--seeds 2` with `--recipe uniform_lr`), beside up to six other training processes (load
+average 4-7 on the 2 cores): seed 0 (with the three recipe candidates and the H5 runs)
+108 min, seeds 1 and 2 (without H5: `--missing-seeds none`) ~100 min each; 308
+process-minutes in all, 1.6 h of wall time. Then `--seeds 0,1,2 --missing-seeds 0` to score
+and assemble from disk: 1 min. Per-step costs on that machine: pretraining ~0.25 s, a
+600-step finetuning 2-4 min, a 1500-step student ~10 min, each beside the others. Earlier
+estimates from a slower machine (0.48 s per pretraining step) put it at 4-8 h. A rerun with
+everything on disk takes minutes. Each run's minutes are recorded beside it and summed into
+the JSON ("built_minutes").
 """
 
 from __future__ import annotations
