@@ -52,7 +52,8 @@ seed, each beside two others). A process that reaches a run another one is build
 for it and reuses it (a lock per run, benchmarks/runs.py). A rerun with every run on disk:
 1 min. Session 7, with the 400-fps `small` teacher, beside the training table's three
 processes (load average 4-7): 40 min for seed 0 (its teacher 17 min), 83-87 min for seeds 1
-and 2, 209 process-minutes in all. Every run's minutes are recorded beside it and summed into the JSON ("built_minutes").
+and 2, 209 process-minutes in all. Every run's minutes are recorded beside it and summed
+into the JSON ("built_minutes").
 """
 
 from __future__ import annotations

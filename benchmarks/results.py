@@ -1,7 +1,8 @@
 """Gather the benchmark JSONs under benchmarks/out/ into one table: benchmarks/RESULTS.md.
 
 Every figure carries the command that produced it (each script records its own command line),
-and every target from DESIGN.md is marked met or MISSED. `make bench` runs the scripts and then this.
+and every target from DESIGN.md is marked met or MISSED. `make bench` runs the scripts and
+then this.
 
 A section whose JSON is absent (benchmarks/out is scratch space, not kept in git: a fresh
 checkout has none of it) keeps its rows from the RESULTS.md being replaced, verbatim with

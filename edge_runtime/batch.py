@@ -61,8 +61,9 @@ from edge_runtime.batch_manifest import (
     read_manifest,
     remove_old_clips,
 )
-from edge_runtime.batch_outputs import Progress, write_atomic, write_results
+from edge_runtime.batch_outputs import Progress, write_results
 from edge_runtime.contract import recorder
+from edge_runtime.contract.atomic import write_text_atomic
 from edge_runtime.contract.card import ModelCard
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.events import DecoderConfig, Event
@@ -362,7 +363,7 @@ def analyze(inputs: Sequence[str | Path], cfg: AnalyzeConfig) -> Summary:
         # alone is ~36 MB; the two together set the peak RSS of a one-worker run).
         del model
         # Compact: one line per file, so the manifest does not grow with every rerun.
-        write_atomic(manifest, "".join(json.dumps(e, separators=(",", ":")) + "\n"
+        write_text_atomic(manifest, "".join(json.dumps(e, separators=(",", ":")) + "\n"
                                         for e in latest.values()))
         done = [latest[j.path] for j in jobs if latest.get(j.path, {}).get("status") == "ok"]
         failed = [j.rel for j in jobs if latest.get(j.path, {}).get("status") == "failed"]

@@ -31,13 +31,13 @@ examples:
   meerkit analyze card/ --model m.tflite --out results --clips results/clips --overlap 0.5
 
 Writes the --rtype outputs (default: one Raven selection table per audio file,
-<name>.Table.1.selections.txt mirroring the input folders, and events.csv; --rtype ...,parquet
-adds events.parquet, with pyarrow) and manifest.jsonl. Rerunning skips files already analysed with the same model and
-settings (unless --force) and retries failed ones; other --rtype values rewrite the tables
-without analysing again. Start times (start_utc, and time_source saying where they came from):
-the recorder's header (AudioMoth comment, GUANO), else the file name (20250601_053000.WAV, UTC
-unless --timezone), else --audio-start-time; files with none get an empty start_utc and a
-warning.
+<name>.Table.1.selections.txt mirroring the input folders, and events.csv; --rtype
+...,parquet adds events.parquet, with pyarrow) and manifest.jsonl. Rerunning skips files
+already analysed with the same model and settings (unless --force) and retries failed ones;
+other --rtype values rewrite the tables without analysing again. Start times (start_utc, and
+time_source saying where they came from): the recorder's header (AudioMoth comment, GUANO),
+else the file name (20250601_053000.WAV, UTC unless --timezone), else --audio-start-time;
+files with none get an empty start_utc and a warning.
 
 exit status: 0 every file analysed (a truncated WAV is analysed up to its end and reported as
 a warning), 1 some files failed (listed at the end; the rest are done), 2 usage error.

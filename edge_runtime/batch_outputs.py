@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,12 +25,6 @@ if TYPE_CHECKING:
     from edge_runtime.batch import FileResult, Summary
 
 log = logging.getLogger("edge_runtime.batch")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def rows_and_files(entries: Sequence[dict[str, Any]]) -> tuple[list[EventRow], list[AnalysedFile]]:

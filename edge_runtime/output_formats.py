@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from edge_runtime.contract.atomic import write_text_atomic
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.raven import TABLE_SUFFIX, VIEW, write_selection_table
 from edge_runtime.contract.times import format_number
@@ -144,14 +145,6 @@ def _beside(out: Path, rel: str, suffix: str) -> Path:
     return out.joinpath(*p.parent.parts, p.stem + suffix)
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-    return path
-
-
 def _csv_text(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -192,9 +185,10 @@ def _cell(text: str) -> str:
 
 def write_raven_combined(out: Path, rows: Sequence[EventRow],
                          files: Sequence[AnalysedFile]) -> list[Path]:
-    table = _write_atomic(out / COMBINED_TABLE, combined_raven_table(rows, files))
+    table = write_text_atomic(out / COMBINED_TABLE, combined_raven_table(rows, files),
+                              newline="", make_folder=True)
     paths = "".join(f"{os.path.abspath(f.file)}\n" for f in files)
-    listing = _write_atomic(out / COMBINED_LIST, paths)
+    listing = write_text_atomic(out / COMBINED_LIST, paths, newline="", make_folder=True)
     return [table, listing]
 
 
@@ -205,7 +199,8 @@ def write_audacity(out: Path, rows: Sequence[EventRow],
     for f in files:
         text = "".join(f"{format_number(r.start_s)}\t{format_number(r.end_s)}\t{_cell(r.label)}\n"
                        for r in grouped.get(f.rel, []))
-        written.append(_write_atomic(_beside(out, f.rel, LABELS_SUFFIX), text))
+        written.append(write_text_atomic(_beside(out, f.rel, LABELS_SUFFIX), text,
+                                         newline="", make_folder=True))
     return written
 
 
@@ -219,7 +214,8 @@ def write_kaleidoscope(out: Path, rows: Sequence[EventRow],
         lines.append([root, folder, rel.name, format_number(r.start_s),
                       format_number(r.end_s - r.start_s), r.label,
                       format_number(r.confidence_max), r.start_utc, r.time_source])
-    return [_write_atomic(out / KALEIDOSCOPE_CSV, _csv_text(KALEIDOSCOPE_COLUMNS, lines))]
+    text = _csv_text(KALEIDOSCOPE_COLUMNS, lines)
+    return [write_text_atomic(out / KALEIDOSCOPE_CSV, text, newline="", make_folder=True)]
 
 
 def _card_root(file: str, rel: PurePosixPath) -> str:
@@ -233,7 +229,8 @@ def write_csv(out: Path, rows: Sequence[EventRow], files: Sequence[AnalysedFile]
     lines = [[r.rel, r.label, format_number(r.start_s), format_number(r.end_s),
               format_number(r.confidence_max), format_number(r.confidence_mean), r.start_utc,
               r.time_source, r.clip] for r in _sorted(rows)]
-    return [_write_atomic(out / EVENTS_CSV, _csv_text(CSV_COLUMNS, lines))]
+    text = _csv_text(CSV_COLUMNS, lines)
+    return [write_text_atomic(out / EVENTS_CSV, text, newline="", make_folder=True)]
 
 
 def write_parquet(out: Path, rows: Sequence[EventRow],

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.contract.atomic import write_text_atomic
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.times import iso_utc
 
@@ -134,9 +135,7 @@ def read_health(path: Path) -> dict[str, Any] | None:
 def write_health(path: Path, data: dict[str, Any]) -> None:
     """Write-then-rename: a reader sees the old file or the new one, never half of one.
     No fsync: one small rewrite every few seconds should not wear an SD card."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def _count(health: dict[str, Any], key: str) -> int:

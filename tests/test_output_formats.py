@@ -203,3 +203,15 @@ def test_parse_rtypes():
         parse_rtypes("table")
     with pytest.raises(UserError, match="at least one"):
         parse_rtypes([])
+
+
+def test_atomic_text_writes_leave_no_temporary_and_invent_no_folder(tmp_path):
+    from edge_runtime.contract.atomic import write_text_atomic
+
+    target = tmp_path / "a" / "t.csv"
+    with pytest.raises(OSError):
+        write_text_atomic(target, "x\n")  # the folder is the caller's to make
+    assert write_text_atomic(target, "a,b\r\n", newline="", make_folder=True) == target
+    write_text_atomic(target, "c,d\r\n", newline="")  # replaces
+    assert target.read_bytes() == b"c,d\r\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["t.csv"]

@@ -10,10 +10,10 @@ low_hz is written as 0 and a missing high_hz as the file's Nyquist frequency.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from edge_runtime.contract.atomic import write_text_atomic
 from edge_runtime.contract.times import format_number
 
 TABLE_SUFFIX = ".Table.1.selections.txt"
@@ -71,10 +71,5 @@ def write_selection_table(path: str | Path, rows: Iterable[object],
                           confidence: bool | None = None) -> Path:
     """Write `selection_table(...)` to `path` atomically (a crash never leaves half a table
     that a resumed run would take for a finished one)."""
-    path = Path(path)
     text = selection_table(rows, nyquist_hz, label_column, confidence)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, text, make_folder=True)

@@ -7,7 +7,6 @@ import csv
 import json
 import logging
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import time
@@ -15,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from edge_runtime.contract.atomic import write_text_atomic
 from edge_runtime.contract.errors import UserError
 from edge_runtime.contract.wav import write_wav
 from train.data.synth.config import (
@@ -168,10 +168,7 @@ def _describe_cues(config: SynthConfig, plans: dict[str, list[FilePlan]]) -> dic
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    """Atomically: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
