@@ -192,8 +192,13 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in result["seeds"])
     files = ", ".join(f"{n} `{s}` files" for s, n in result["files"].items())
     label = {key: f"C{k}" for k, key in enumerate(result["commands"], start=1)}
+    hop = result.get("student_hop_length") or 0
+    student = (f"{result['arch']} students {result['distill_steps']} steps"
+               + (f", log-mel hop {hop} samples" if hop else "")
+               + (f", teacher term {result['kd_loss']}" if result.get("kd_loss", "bce") != "bce"
+                  else ""))
     lines = [f"Synth `{result['preset']}`, seeds {seeds} (teacher {result['teacher_steps']} "
-             f"steps, {result['arch']} students {result['distill_steps']} steps): mean over "
+             f"steps, {student}): mean over "
              f"seeds [95 % paired bootstrap CI over {files}, {result['n_boot']} replicates].",
              "", "| model | split | frame macro AP | event F1 (micro) | event recall >= 10 dB "
              "| commands |", "|---|---|---|---|---|---|"]

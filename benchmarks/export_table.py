@@ -98,6 +98,13 @@ class Plan:
     batch_size: int
     teacher_model: str = "tiny"  # train/config.py model preset
     student_hop_length: int = 0  # the students' log-mel hop in samples; 0: 20 ms (50 fps)
+    kd_loss: str = "bce"  # the distilled student's teacher term (export/distill.py)
+
+    @property
+    def kd_temperature(self) -> float:
+        """2 for Hinton-style BCE; 1 for focal pseudo-labels, which should carry the
+        teacher's own confidence, not a softened copy of it."""
+        return 1.0 if self.kd_loss == "focal" else 2.0
 
     @property
     def data(self) -> Path:
@@ -118,8 +125,19 @@ class Plan:
     def _hop_flag(self) -> str:
         return f" --hop-length {self.student_hop_length}" if self.student_hop_length else ""
 
+    @property
+    def _kd_suffix(self) -> str:
+        """`_kfocal` for a non-default teacher term: the distilled student's folder only (the
+        label-only baseline has no teacher term)."""
+        return "" if self.kd_loss == "bce" else f"_k{self.kd_loss}"
+
+    @property
+    def _kd_flags(self) -> str:
+        return ("" if self.kd_loss == "bce" else
+                f" --kd-loss {self.kd_loss} --temperature {self.kd_temperature:g}")
+
     def path(self, model: str, seed: int | str) -> Path:
-        student = self._teacher_root(seed) / self._student_name
+        student = self._teacher_root(seed) / f"{self._student_name}{self._kd_suffix}"
         return {"teacher": self._teacher_root(seed) / "teacher" / "model.pt",
                 "student_fp32": student / "student.pt",
                 "student_int8": student / "student_int8.tflite",
@@ -144,7 +162,7 @@ class Plan:
                        f"warmup_steps={self.teacher_steps // 10}; done",
             "student_fp32": f"{loop}meerkit export distill --teacher {p['teacher']} --data "
                             f"{self.data} --out {p['student_fp32']} --arch {self.arch} --steps "
-                            f"{self.distill_steps}{self._hop_flag} --seed $s --cache "
+                            f"{self.distill_steps}{self._hop_flag}{self._kd_flags} --seed $s --cache "
                             f"{self.work}/teacher_cache; done",
             "student_int8": f"{loop}meerkit export quantize --checkpoint {p['student_fp32']} "
                             f"--calibration {self.data} --out {p['student_int8']} --force; done",
@@ -187,8 +205,10 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
 
     def distil(teacher_path: Path | None, out: Path, what: str) -> None:
         say(t0, f"seed {seed}: distilling {what} ({plan.distill_steps} steps)")
+        kd = ({"kd_loss": plan.kd_loss, "temperature": plan.kd_temperature}
+              if teacher_path is not None else {})
         config = DistillConfig(arch=plan.arch, steps=plan.distill_steps, seed=seed,
-                               hop_length=plan.student_hop_length)
+                               hop_length=plan.student_hop_length, **kd)
         distill(teacher_path, plan.data, out, config, cache_dir=plan.work / "teacher_cache",
                 progress=progress)
 
@@ -203,8 +223,9 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
                        cmds["teacher"], train_teacher)
     # the hop only when set, so that markers written before the option still match
     hop = {"hop_length": plan.student_hop_length} if plan.student_hop_length else {}
+    kd = {"kd_loss": plan.kd_loss} if plan.kd_loss != "bce" else {}
     minutes += run_once(student, {"teacher": digest(teacher), "arch": plan.arch, "seed": seed,
-                                  "steps": plan.distill_steps, **hop},
+                                  "steps": plan.distill_steps, **hop, **kd},
                         cmds["student_fp32"], lambda _: distil(teacher, student, "the student"))
     minutes += run_once(int8, {"student": digest(student)}, cmds["student_int8"], to_int8)
     minutes += run_once(baseline, {"data": data_id, "arch": plan.arch, "seed": seed,
@@ -338,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-hop-length", type=int, default=0, metavar="SAMPLES",
                         help="the students' log-mel hop (`meerkit export distill --hop-length`;"
                              " default 0: 20 ms, 50 fps; 160 at 16 kHz: 100 fps)")
+    parser.add_argument("--kd-loss", choices=("bce", "focal"), default="bce",
+                        help="the distilled student's teacher term (`meerkit export distill "
+                             "--kd-loss`): bce (Hinton, T=2) or focal (soft pseudo-labels in "
+                             "the label term's focal loss, T=1)")
     parser.add_argument("--clip-s", type=float, default=2.0, help="teacher training clips")
     parser.add_argument("--batch-size", type=int, default=16, help="teacher batch size")
     parser.add_argument("--n-boot", type=int, help="bootstrap replicates (default 1000)")
@@ -381,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = sys.stderr.isatty()
     t0 = time.perf_counter()
     plan = Plan(args.work, args.preset, args.arch, args.teacher_steps, args.distill_steps,
-                args.clip_s, args.batch_size, args.teacher_model, args.student_hop_length)
+                args.clip_s, args.batch_size, args.teacher_model, args.student_hop_length,
+                args.kd_loss)
     if not (plan.data / "synth.json").is_file():
         say(t0, f"generating synth '{args.preset}' into {plan.data}")
         generate(SynthConfig.preset(args.preset), plan.data, workers=2, force=True,
@@ -416,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         command=invocation(), quick=args.quick, preset=args.preset, seeds=seeds,
         arch=args.arch, teacher_model=args.teacher_model, teacher_steps=args.teacher_steps,
         distill_steps=args.distill_steps, student_hop_length=args.student_hop_length,
+        kd_loss=args.kd_loss,
         clip_s=args.clip_s, batch_size=args.batch_size)
     return finish(result, out, t0, built, render_markdown)
 

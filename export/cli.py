@@ -39,7 +39,7 @@ def distill_command(args: argparse.Namespace) -> int:
                         "label-only baseline (not both)")
     overrides = {k: v for k, v in {
         "arch": args.arch, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-        "temperature": args.temperature, "kd_weight": args.kd_weight,
+        "temperature": args.temperature, "kd_weight": args.kd_weight, "kd_loss": args.kd_loss,
         "focal_weight": args.focal_weight, "unlabelled_per_labelled": args.unlabelled_per_labelled,
         "window_s": args.window_s, "hop_s": args.hop_s,
         "hop_length": args.hop_length, "n_mels": args.n_mels, "seed": args.seed,
@@ -166,6 +166,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--temperature", type=float, help="distillation temperature (default 2)")
     p.add_argument("--kd-weight", type=float, help="weight of the teacher term (default 1)")
+    p.add_argument("--kd-loss", choices=("bce", "focal"),
+                   help="the teacher term: bce (default; T^2 * BCE against the softened "
+                   "teacher, averaged over frames) or focal (the label term's focal loss with "
+                   "the teacher's probabilities as soft pseudo-labels; use --temperature 1)")
     p.add_argument("--focal-weight", type=float, help="weight of the label term (default 1)")
     p.add_argument("--unlabelled-per-labelled", type=float,
                    help="unlabelled windows (teacher term only) per labelled window in each "

@@ -20,6 +20,8 @@ from export.distill import (
     batch_sizes,
     distill,
     distillation_loss,
+    label_loss,
+    teacher_loss,
     teacher_weights,
 )
 from export.distill_data import resample_frames, teacher_tracks
@@ -177,6 +179,25 @@ def test_teacher_term_can_leave_labelled_windows_to_the_labels():
     assert distillation_loss(student, teacher, 2.0, everywhere) != before
 
 
+def test_focal_teacher_term_teaches_like_labels_normalised_by_teacher_positives():
+    weights = torch.ones(1, 4, 1)
+    student = torch.tensor([[[2.0], [-1.0], [0.5], [-3.0]]])
+    teacher = torch.tensor([[[0.9], [0.1], [0.0], [0.0]]])  # positive mass 1.0
+    focal = DistillConfig(kd_loss="focal", focal_alpha=None)
+    # soft pseudo-labels in the label term's own loss
+    assert torch.equal(teacher_loss(student, teacher, weights, focal),
+                       label_loss(student, teacher, weights, focal))
+    assert not torch.allclose(teacher_loss(student, teacher, weights, DistillConfig()),
+                              teacher_loss(student, teacher, weights, focal))
+    # normalised by the teacher's positive mass: twice the mass, half the scale per frame
+    doubled = torch.cat([teacher, teacher], dim=1)
+    per_frame = teacher_loss(torch.cat([student, student], dim=1), doubled,
+                             torch.ones(1, 8, 1), focal)
+    assert torch.allclose(per_frame, teacher_loss(student, teacher, weights, focal))
+    with pytest.raises(UserError, match="kd_loss"):
+        DistillConfig(kd_loss="mse")
+
+
 def test_batches_hold_a_full_labelled_batch_plus_unlabelled_windows():
     config = DistillConfig(batch_size=32)
     assert batch_sizes(4500, 7200, config, teaching=True) == (32, 32)  # ratio capped at 1
@@ -197,6 +218,16 @@ def test_kd_everywhere_still_trains_and_is_recorded(env, tmp_path):
                                  kd_on_labelled=True), progress=False)
     _, _, record = load_student(path)
     assert record["extra"]["distill"]["kd_on_labelled"] is True
+
+
+def test_focal_teacher_term_trains_from_the_command_line(env, tmp_path):
+    out = tmp_path / "focal.pt"
+    assert main(["export", "distill", "--teacher", str(env.teacher), "--data", str(env.data),
+                 "--out", str(out), "--arch", "pico", "--steps", "3", "--batch-size", "4",
+                 "--kd-loss", "focal", "--temperature", "1", "--no-progress"]) == 0
+    _, _, record = load_student(out)
+    assert record["extra"]["distill"]["kd_loss"] == "focal"
+    assert record["extra"]["distill"]["temperature"] == 1.0
 
 
 # ---------------------------------------------------------------- ONNX and TFLite
