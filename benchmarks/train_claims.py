@@ -350,7 +350,10 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     label = {key: f"C{k}" for k, key in enumerate(result["commands"], start=1)}
     rows, labels = result["rows"], result["labels"]
     seeds = ", ".join(map(str, result["seeds"]))
-    lines = [f"Synth `{result['preset']}`, training seeds {seeds} (tiny teacher, "
+    model = result.get("model", "tiny")
+    pulse = result.get("whine_pulse_s") or 0
+    synth = f"`{result['preset']}`" + (f" with the whine pulsed (~{pulse:g} s)" if pulse else "")
+    lines = [f"Synth {synth}, training seeds {seeds} ({model} teacher, "
              f"{result['clip_s']:g} s clips; pretraining {result['pretrain_steps']}, "
              f"finetuning {result['finetune_steps']}, students {result['distill_steps']} steps"
              f"{'; a --quick smoke run: its numbers mean little' if result.get('quick') else ''}"

@@ -38,14 +38,42 @@ class Plan:
     finetune_steps: int
     distill_steps: int
     arch: str = "tcn_small"
+    model: str = "tiny"  # the teacher's train/config.py model preset
+    whine_pulse_s: float = 0.0  # synth: the imprint's whine pulsed (SynthConfig.whine_pulse_s)
+
+    @property
+    def _synth(self) -> str:
+        """The data's name: the preset, and `_pulse0.5` for a pulsed imprint."""
+        return self.preset + (f"_pulse{self.whine_pulse_s:g}" if self.whine_pulse_s else "")
 
     @property
     def data(self) -> Path:
-        return self.work / f"synth_{self.preset}"
+        return self.work / f"synth_{self._synth}"
+
+    def synth_config(self):
+        from train.data.synth import SynthConfig
+
+        pulse = {"whine_pulse_s": self.whine_pulse_s} if self.whine_pulse_s else {}
+        return SynthConfig.preset(self.preset, **pulse)
+
+    def synth_command(self) -> str:
+        pulse = ["--whine-pulse-s", f"{self.whine_pulse_s:g}"] if self.whine_pulse_s else []
+        return _shell(["meerkit", "synth", str(self.data), "--preset", self.preset, "--seed",
+                       "0", *pulse])
+
+    @property
+    def _runs(self) -> str:
+        """Folder prefix of the teacher-side runs; `tiny` keeps the names of older runs."""
+        return self._synth if self.model == "tiny" else f"{self._synth}_{self.model}"
+
+    def model_config(self):
+        from train.config import model_preset
+
+        return model_preset(self.model)
 
     # -- paths
     def _pre_root(self, seed: int | str) -> Path:
-        return self.work / f"{self.preset}_pre{self.pretrain_steps}" / f"seed{seed}"
+        return self.work / f"{self._runs}_pre{self.pretrain_steps}" / f"seed{seed}"
 
     def pretrained(self, seed: int | str) -> Path:
         return self._pre_root(seed) / "pretrain" / "model.pt"
@@ -58,14 +86,14 @@ class Plan:
         """A finetuned teacher: from scratch (recipe None) or from pretraining with `recipe`."""
         if recipe is None:
             run = f"{budget}_{heads}" + (f"_missing{frac:g}" if frac else "")
-            root = self.work / f"{self.preset}_ft{self.finetune_steps}" / run
+            root = self.work / f"{self._runs}_ft{self.finetune_steps}" / run
         else:
-            root = (self.work / f"{self.preset}_pre{self.pretrain_steps}_ft"
+            root = (self.work / f"{self._runs}_pre{self.pretrain_steps}_ft"
                     f"{self.finetune_steps}" / f"{budget}_{recipe}")
         return root / f"seed{seed}" / "model.pt"
 
     def student(self, budget: str, seed: int | str) -> Path:
-        return (self.work / f"{self.preset}_labels_only_{self.arch}_d{self.distill_steps}" /
+        return (self.work / f"{self._synth}_labels_only_{self.arch}_d{self.distill_steps}" /
                 budget / f"seed{seed}" / "student.pt")
 
     @staticmethod
@@ -103,7 +131,7 @@ class Plan:
 
     # -- commands (one run; `seed` may be SEED, "$s")
     def _train_flags(self, steps: int, seed: int | str) -> list[str]:
-        return ["--preset", "tiny", "--steps", str(steps), "--batch-size", str(self.batch_size),
+        return ["--preset", self.model, "--steps", str(steps), "--batch-size", str(self.batch_size),
                 "--lr", "0.001", "--amp", "fp32", "--clip-s", f"{self.clip_s:g}", "--seed",
                 str(seed), "--device", "cpu", "--set", f"warmup_steps={max(1, steps // 10)}"]
 
@@ -115,7 +143,7 @@ class Plan:
 
     def probe_command(self, kind: str, seed: int | str) -> str:
         source = (["--model", str(self.pretrained(seed))] if kind == "pretrained"
-                  else ["--random-init", "--preset", "tiny"])
+                  else ["--random-init", "--preset", self.model])
         return _shell(["meerkit", "train", "probe", "--data", str(self.data), *source,
                            "--splits", "train", "--eval-splits", "test", "--clip-s",
                            f"{self.clip_s:g}", "--seed", str(seed), "--device", "cpu",

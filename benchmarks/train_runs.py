@@ -20,7 +20,6 @@ from edge_runtime.contract.metrics import HIGH_SNR_KEY
 def build_pretrained(plan: Plan, seed: int, progress: bool, t0: float) -> float:
     import torch
 
-    from train.config import ModelConfig
     from train.engine import RunOptions, Runtime
     from train.pretrain import pretrain
 
@@ -32,10 +31,12 @@ def build_pretrained(plan: Plan, seed: int, progress: bool, t0: float) -> float:
         pretrain(RunOptions(plan.data, path.parent, ("pretrain", "train"), plan.clip_s, seed,
                             resume, checkpoint_every=max(10, plan.pretrain_steps // 5),
                             progress=progress),
-                 ModelConfig.tiny(), plan.pretrain_config(), Runtime(torch.device("cpu")))
+                 plan.model_config(), plan.pretrain_config(), Runtime(torch.device("cpu")))
 
+    model = {} if plan.model == "tiny" else {"model": plan.model_config().to_dict()}
     return run_once(path, {"data": digest(plan.data / "synth.json"), "seed": seed,
-                           "config": plan.pretrain_config().to_dict(), "clip_s": plan.clip_s},
+                           "config": plan.pretrain_config().to_dict(), "clip_s": plan.clip_s,
+                           **model},
                     plan.pretrain_command(seed), build)
 
 
@@ -68,7 +69,6 @@ def build_teacher(plan: Plan, budget: str, seed: int, progress: bool, t0: float,
                   recipe: str | None = None, heads: str = "none", frac: float = 0.0) -> float:
     import torch
 
-    from train.config import ModelConfig
     from train.engine import RunOptions, Runtime
     from train.finetune import finetune
 
@@ -85,11 +85,12 @@ def build_teacher(plan: Plan, budget: str, seed: int, progress: bool, t0: float,
         finetune(RunOptions(plan.data, path.parent, (selection(budget),), plan.clip_s, seed,
                             resume, checkpoint_every=max(10, plan.finetune_steps // 5),
                             progress=progress),
-                 ModelConfig.tiny(), config, Runtime(torch.device("cpu")), init=init)
+                 plan.model_config(), config, Runtime(torch.device("cpu")), init=init)
 
     inputs = {"data": digest(plan.data / "synth.json"), "seed": seed, "budget": budget,
               "config": config.to_dict(), "clip_s": plan.clip_s,
-              "init": None if init is None else digest(init)}
+              "init": None if init is None else digest(init),
+              **({} if plan.model == "tiny" else {"model": plan.model_config().to_dict()})}
     return run_once(path, inputs, plan.finetune_command(budget, seed, recipe, heads, frac), build)
 
 

@@ -1,5 +1,5 @@
 """Do the seed papers' claims hold? Hypotheses H1-H5 of benchmarks/README.md, measured on
-synth `default` with the tiny teacher (2 s clips) over several training seeds, each claim
+synth `default` with the tiny teacher (`--model small`: the export table's) (2 s clips) over several training seeds, each claim
 judged on a paired bootstrap CI over test files (benchmarks/stats.py).
 
 Per training seed s (--seeds, default 0,1,2; the data is always synth seed 0):
@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-steps", type=int, help="label-only student steps "
                         "(default 1500)")
     parser.add_argument("--arch", default="tcn_small", help="label-only student architecture")
+    parser.add_argument("--model", choices=("tiny", "small", "base"), default="tiny",
+                        help="the teacher's model preset (default tiny; `small`: the export "
+                        "table's teacher, ~2x the CPU per step; runs go to their own folders)")
+    parser.add_argument("--whine-pulse-s", type=float, default=0.0, metavar="S",
+                        help="synth with each recorder's whine pulsed at about this period "
+                        "(`meerkit synth --whine-pulse-s`; default 0: steady), an imprint that "
+                        "survives per-clip centring (H3); data and runs get their own folders")
     parser.add_argument("--clip-s", type=float, default=2.0, help="teacher clip length (s)")
     parser.add_argument("--batch-size", type=int, default=16, help="teacher batch size")
     parser.add_argument("--n-boot", type=int, help="bootstrap replicates (default 1000)")
@@ -160,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks import invocation
-    from train.data.synth import BUDGET_SUBSETS, SynthConfig, generate
+    from train.data.synth import BUDGET_SUBSETS, generate
 
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -168,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     progress = sys.stderr.isatty()
     t0 = time.perf_counter()
     plan = Plan(args.work, args.preset, args.clip_s, args.batch_size, args.pretrain_steps,
-                args.finetune_steps, args.distill_steps, args.arch)
+                args.finetune_steps, args.distill_steps, args.arch, args.model,
+                args.whine_pulse_s)
     budgets = (*BUDGET_SUBSETS, "train")
     if not (plan.data / "synth.json").is_file():
         say(t0, f"generating synth '{args.preset}' into {plan.data}")
-        generate(SynthConfig.preset(args.preset), plan.data, workers=2, force=True,
+        generate(plan.synth_config(), plan.data, workers=2, force=True,
                  progress=False)
 
     built: dict[Path, float] = {}  # minutes each run or track file took when it was built
@@ -218,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         say(t0, f"unstable: {err}")
 
     # -- scoring
-    commands = {"data": f"meerkit synth {plan.data} --preset {args.preset} --seed 0",
+    commands = {"data": plan.synth_command(),
                 "pretrain": seed_loop(seeds, plan.pretrain_command(SEED))}
     for kind in ("pretrained", "random"):
         commands[f"probe_{kind}"] = seed_loop(seeds, plan.probe_command(kind, SEED))
@@ -290,10 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                              for name, overrides in candidates.items()}}
     result = assemble(
         systems, labels, budgets, args.n_boot, unstable=unstable, command=invocation(),
-        quick=args.quick, preset=args.preset, seeds=seeds, missing_seeds=missing_seeds, clip_s=args.clip_s,
+        quick=args.quick, preset=args.preset, whine_pulse_s=args.whine_pulse_s, seeds=seeds, missing_seeds=missing_seeds, clip_s=args.clip_s,
         batch_size=args.batch_size, pretrain_steps=args.pretrain_steps,
         finetune_steps=args.finetune_steps, distill_steps=args.distill_steps, arch=args.arch,
-        pretraining="once per training seed", files=files, recipe=recipe, commands=commands)
+        model=args.model, pretraining="once per training seed", files=files, recipe=recipe, commands=commands)
     return finish(result, out, t0, sum(built.values()), render_markdown)
 
 

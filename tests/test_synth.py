@@ -42,6 +42,7 @@ from train.data.synth import (
     select_subsets,
     subset_name,
     subset_size,
+    whine_period_s,
 )
 
 TINY = SynthConfig.tiny()
@@ -209,6 +210,40 @@ def test_imprint_whine_is_in_the_audio(tiny: Path, tables: dict) -> None:
         lines.append(_hum_line_db(audio[:, 0], info.sample_rate,
                                   recorders[r["recorder_id"]]["whine_hz"]))
     assert np.median(lines) > 15
+
+
+def _tone_level_db(audio: np.ndarray, sr: int, hz: float, frame: int) -> np.ndarray:
+    """Level (dB) of the `hz` component in each `frame`-sample frame (a one-bin DFT)."""
+    frames = audio[: len(audio) // frame * frame].reshape(-1, frame).astype(np.float64)
+    probe = np.exp(-2j * np.pi * hz * np.arange(frame) / sr) * np.hanning(frame)
+    return 20 * np.log10(np.abs(frames @ probe) + 1e-12)
+
+
+def test_a_pulsed_whine_switches_on_and_off_with_its_recorders_period() -> None:
+    pulsed = replace(TINY, whine_pulse_s=0.5)
+    world = build_world(TINY.seed)
+    plan = plan_split(TINY, "train", world)[0]
+    rec = plan.recorder
+    assert 0.35 <= whine_period_s(rec, 0.5) <= 0.65
+    assert whine_period_s(rec, 0.5) == whine_period_s(rec, 0.5)  # fixed by the recorder
+    hz = rec.whine_hz
+    levels = {}
+    for name, config in (("steady", TINY), ("pulsed", pulsed)):
+        audio = render_file(plan, config)
+        levels[name] = _tone_level_db(audio, config.sample_rate, hz, 320)  # 20 ms frames
+    steady, on_off = levels["steady"], levels["pulsed"]
+    # steady: the tone is there in (nearly) every frame; pulsed: on about half the time, down
+    # to the noise in its 50 Hz bin in between, as loud as the steady one while on
+    loud = np.median(steady)
+    assert np.mean(steady > loud - 6) > 0.9
+    on = on_off > loud - 6
+    assert 0.3 < np.mean(on) < 0.7
+    assert np.median(on_off[~on]) < loud - 8
+    assert abs(np.median(on_off[on]) - loud) < 3
+    # the default stays steady (datasets made before the option are unchanged)
+    assert SynthConfig().whine_pulse_s == 0.0
+    with pytest.raises(UserError, match="whine_pulse_s"):
+        replace(TINY, whine_pulse_s=0.01).validate()
 
 
 # Classes whose lower band edge scales exactly with pitch (never clipped, no fixed offset).

@@ -26,7 +26,7 @@ from benchmarks.train_claims import (
 from benchmarks.train_plan import Plan
 from edge_runtime.contract.events import Event, decode_events, events_to_frames
 from edge_runtime.contract.metrics import event_recall_by_snr, event_scores, frame_average_precision
-from train.config import FinetuneConfig
+from train.config import FinetuneConfig, ModelConfig
 
 LABELS = ("up", "down")
 FR = 10.0  # frames per second
@@ -249,6 +249,36 @@ def test_printed_commands_rebuild_the_configs_the_benchmark_trains_with(tmp_path
     args = parser.parse_args(shlex.split(plan.pretrain_command(3))[1:])
     assert _configs(args, "pretrain")[1] == plan.pretrain_config()
     assert args.splits == "pretrain,train"
+
+
+def test_the_teacher_model_names_its_runs_and_commands(tmp_path):
+    from train.cli import _configs, register
+
+    tiny = Plan(tmp_path, "default", 2.0, 16, 1500, 600, 1500)
+    small = Plan(tmp_path, "default", 2.0, 16, 1500, 600, 1500, model="small")
+    # tiny keeps the folder names of runs made before the option existed
+    assert tiny.pretrained(0).parts[-4] == "default_pre1500"
+    assert small.pretrained(0).parts[-4] == "default_small_pre1500"
+    assert small.teacher("train", 0).parts[-4] == "default_small_ft600"
+    assert small.teacher("train", 0, "llrd").parts[-4] == "default_small_pre1500_ft600"
+    assert tiny.student("train", 0) == small.student("train", 0)  # no teacher involved
+    assert small.model_config() == ModelConfig.small()
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    for recipe in (None, "llrd"):
+        args = parser.parse_args(shlex.split(small.finetune_command("train", 0, recipe))[1:])
+        assert _configs(args, "finetune")[0] == ModelConfig.small()
+        assert _configs(args, "finetune")[1] == small.finetune_config(recipe)
+    args = parser.parse_args(shlex.split(small.pretrain_command(0))[1:])
+    assert _configs(args, "pretrain") == (ModelConfig.small(), small.pretrain_config())
+    assert "--preset small" in small.probe_command("random", 0)
+    pulsed = Plan(tmp_path, "default", 2.0, 16, 1500, 600, 1500, "tcn_small", "small", 0.5)
+    assert pulsed.data.name == "synth_default_pulse0.5"
+    assert pulsed.synth_config().whine_pulse_s == 0.5 and tiny.synth_config().whine_pulse_s == 0
+    assert pulsed.pretrained(0).parts[-4] == "default_pulse0.5_small_pre1500"
+    assert pulsed.student("train", 0).parts[-4] == "default_pulse0.5_labels_only_tcn_small_d1500"
+    assert pulsed.synth_command().endswith("--whine-pulse-s 0.5")
+    assert "--whine-pulse-s" not in tiny.synth_command()
 
 
 def test_the_printed_loops_expand_the_seed_in_a_shell(tmp_path):

@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for split in SPLITS:
         p.add_argument(f"--{split}", type=int, metavar="N", dest=f"n_{split}",
                        help=f"number of {split} files (overrides the preset)")
+    p.add_argument("--whine-pulse-s", type=float, metavar="S",
+                   help="switch each recorder's in-band whine on and off with about this "
+                   "period (default 0: steady, which per-clip band centring removes; a pulsed "
+                   "imprint survives it, for testing an adversarial recorder head)")
     p.add_argument("--workers", type=int, metavar="N", default=min(8, os.cpu_count() or 1),
                    help="parallel processes; output does not depend on it (default: %(default)s)")
     p.add_argument("--force", action="store_true",
@@ -59,6 +63,8 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         overrides["sample_rate"] = args.sample_rate
     if args.clip_s is not None:
         overrides["clip_s"] = args.clip_s
+    if args.whine_pulse_s is not None:
+        overrides["whine_pulse_s"] = args.whine_pulse_s
     for split in SPLITS:
         if getattr(args, f"n_{split}") is not None:
             overrides[f"n_{split}"] = getattr(args, f"n_{split}")

@@ -38,7 +38,9 @@ What is modelled, and why:
   says, the file's total rate unchanged, so the imprint predicts the label (lift ~2.2 in
   train: the tied class is ~38 % of calls against ~17 % if independent). In `shift` the same
   kinds recur, but each site favours another class (`imprint_shift="reversed"`, lift ~0.75:
-  the imprint misleads) or none ("absent", lift ~1).
+  the imprint misleads) or none ("absent", lift ~1). A steady imprint vanishes under per-clip
+  band centring (the teacher's input normalisation); with `whine_pulse_s` > 0 the whine
+  switches on and off with a period of the recorder's own, which survives it.
 * Robust cue (what a standard location / season head may exploit): call dialect. Every
   call's frequencies are shifted by `dialect_st_per_degree` (0.5) semitones per degree of
   latitude north of -27 deg plus up to +-`dialect_season_st` (0.75) semitones around the
@@ -88,7 +90,7 @@ from train.data.synth.config import (
     subset_size,
 )
 from train.data.synth.plan import Call, FilePlan, plan_file, plan_split
-from train.data.synth.render import render_file
+from train.data.synth.render import render_file, whine_period_s
 from train.data.synth.stats import (
     call_frame_mask,
     event_counts,
@@ -121,4 +123,5 @@ __all__ = [
     "dialect_semitones", "event_counts", "favoured_label", "generate", "imprint_association",
     "imprint_label", "plan_file", "plan_split", "recorder_intensity", "render_file",
     "select_subsets", "split_stats", "subset_name", "subset_order", "subset_size",
+    "whine_period_s",
 ]

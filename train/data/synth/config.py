@@ -59,6 +59,12 @@ class SynthConfig:
     # another class) or "absent" (no favoured class).
     imprint_boost: float = 4.0
     imprint_shift: str = "reversed"
+    # 0: the imprint's whine is steady (the default; per-clip band centring, which the teacher
+    # applies, removes a steady tone and the resonance entirely). > 0: it switches on and off
+    # with about this period (each recorder its own, 0.7-1.3x; half the time on; 5 ms ramps),
+    # like interference from card writes or a radio's duty cycle, so the imprint survives
+    # centring and a model can learn the shortcut that an adversarial recorder head removes.
+    whine_pulse_s: float = 0.0
     # Robust cue: call pitch rises this many semitones per degree north of DIALECT_REF_LAT,
     # and by up to +-dialect_season_st around each class's breeding peak.
     dialect_st_per_degree: float = 0.5
@@ -119,6 +125,9 @@ class SynthConfig:
             problems.append("snr_db and noise_dbfs must be (low, high) ranges")
         if self.imprint_boost < 1:
             problems.append("imprint_boost must be >= 1 (1 turns the spurious cue off)")
+        if self.whine_pulse_s and not 0.05 <= self.whine_pulse_s <= self.clip_s:
+            problems.append(f"whine_pulse_s must be 0 (steady) or within 0.05 s and the clip "
+                            f"length ({self.clip_s:g} s), got {self.whine_pulse_s:g}")
         if self.imprint_shift not in IMPRINT_SHIFT_MODES:
             problems.append(f"imprint_shift must be one of {', '.join(IMPRINT_SHIFT_MODES)}")
         if abs(self.dialect_st_per_degree) > 1 or abs(self.dialect_season_st) > 2:

@@ -4,6 +4,7 @@ recorder's channel (gain, EQ tilt, high-pass, in-band resonance) and its electri
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
 
 import numpy as np
@@ -93,8 +94,10 @@ def _channel_response(rec: Recorder, n: int, sr: int) -> np.ndarray:
     return response
 
 
-def _electrical_spectrum(plan: FilePlan, rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
-    """Self-noise floor, mains hum, the imprint's whine and DC offset, built as rfft bins.
+def _electrical_spectrum(plan: FilePlan, rng: np.random.Generator, n: int, sr: int,
+                         pulsed: bool = False) -> np.ndarray:
+    """Self-noise floor, mains hum, the imprint's steady whine (unless `pulsed`) and DC
+    offset, built as rfft bins.
 
     Tones sit exactly on bins (their frequency rounded to 1/clip_s Hz), which makes each one
     complex number instead of a full-length sine.
@@ -110,9 +113,32 @@ def _electrical_spectrum(plan: FilePlan, rng: np.random.Generator, n: int, sr: i
     for k, (rel, phase) in enumerate(zip(rec.hum_harmonics, phases, strict=True), start=1):
         if k * fundamental * bin_hz < 0.45 * sr:
             spec[k * fundamental] += amplitude * rel * n / 2 * np.exp(1j * phase)
-    whine = round(rec.whine_hz * fscale(sr) / bin_hz)
-    spec[whine] += 10 ** (rec.whine_dbfs / 20) * np.sqrt(2) * n / 2 * np.exp(1j * whine_phase)
+    if not pulsed:  # a pulsed whine is added in time (`_pulsed_whine`); the phase is drawn
+        whine = round(rec.whine_hz * fscale(sr) / bin_hz)  # either way: the stream stays put
+        spec[whine] += 10 ** (rec.whine_dbfs / 20) * np.sqrt(2) * n / 2 * np.exp(1j * whine_phase)
     return spec
+
+
+def whine_period_s(rec: Recorder, pulse_s: float) -> float:
+    """The recorder's own whine period: 0.7-1.3x `pulse_s`, fixed by its id (not drawn from
+    the world's random stream, so recorders are the same with and without pulsing)."""
+    return pulse_s * (0.7 + 0.6 * (zlib.crc32(rec.recorder_id.encode()) % 1000) / 999)
+
+
+def _pulsed_whine(rec: Recorder, rng: np.random.Generator, n: int, sr: int, pulse_s: float
+                  ) -> np.ndarray:
+    """The whine tone gated on half of each period (random phase), with 5 ms raised-cosine
+    ramps; while on, as loud as the steady whine."""
+    t = np.arange(n) / sr
+    period = whine_period_s(rec, pulse_s)
+    tone_phase, gate_phase = rng.uniform(0, 2 * np.pi), rng.uniform(0, 1)
+    position = np.mod(t / period + gate_phase, 1.0) * period  # seconds into the period
+    ramp = min(0.005, period / 4)
+    on = period / 2
+    gate = np.clip(np.minimum(position, on - position) / ramp + 0.5, 0.0, 1.0)
+    gate = 0.5 - 0.5 * np.cos(np.pi * gate)
+    tone = np.sin(2 * np.pi * rec.whine_hz * fscale(sr) * t + tone_phase)
+    return (10 ** (rec.whine_dbfs / 20) * np.sqrt(2) * gate * tone).astype(np.float32)
 
 
 def render_file(plan: FilePlan, config: SynthConfig) -> np.ndarray:
@@ -136,7 +162,10 @@ def render_file(plan: FilePlan, config: SynthConfig) -> np.ndarray:
         x[a:a + len(sig)] += sig * noise_rms * 10 ** (level_db / 20)
     # rfft is fastest on float64 here; irfft on complex64 (numpy 2 pocketfft).
     spec = (np.fft.rfft(x) * _channel_response(plan.recorder, n, sr)).astype(np.complex64)
-    y = np.fft.irfft(spec + _electrical_spectrum(plan, rng, n, sr), n)
+    pulsed = config.whine_pulse_s > 0
+    y = np.fft.irfft(spec + _electrical_spectrum(plan, rng, n, sr, pulsed), n)
+    if pulsed:
+        y += _pulsed_whine(plan.recorder, rng, n, sr, config.whine_pulse_s)
     peak = float(np.max(np.abs(y)))
     if peak > 0.99:  # scale the whole file, so calls are never clipped
         y *= np.float32(0.99 / peak)
