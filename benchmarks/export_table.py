@@ -159,7 +159,8 @@ class Plan:
                        f"{p['teacher'].parent} --preset {self.teacher_model} --splits train --steps "
                        f"{self.teacher_steps} --batch-size {self.batch_size} --lr 0.001 --amp "
                        f"fp32 --clip-s {self.clip_s:g} --seed $s --device cpu --set "
-                       f"warmup_steps={self.teacher_steps // 10}; done",
+                       f"warmup_steps={self.teacher_steps // 10} --set freeze_encoder_steps=0;"
+                       " done",
             "student_fp32": f"{loop}meerkit export distill --teacher {p['teacher']} --data "
                             f"{self.data} --out {p['student_fp32']} --arch {self.arch} --steps "
                             f"{self.distill_steps}{self._hop_flag}{self._kd_flags} --seed $s --cache "
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                         "--quick: 0)")
     parser.add_argument("--preset", help="synth preset (default default; --quick: tiny)")
     parser.add_argument("--arch", default="tcn_small", help="student architecture")
-    parser.add_argument("--teacher-model", choices=("tiny", "small"),
+    parser.add_argument("--teacher-model", choices=("tiny", "small", "small100"),
                         help="teacher model preset (default small; --quick: tiny)")
     parser.add_argument("--teacher-steps", type=int, help="finetuning steps (default 3000)")
     parser.add_argument("--distill-steps", type=int, help="student steps (default 1500)")

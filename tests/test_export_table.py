@@ -184,6 +184,27 @@ def test_teacher_model_names_its_runs_and_commands(tmp_path):
     assert tiny.path("baseline", 1) == small.path("baseline", 1)
 
 
+def test_the_printed_teacher_command_rebuilds_the_teacher_it_trains(tmp_path):
+    import argparse
+    import shlex
+
+    from train.cli import _configs, register
+    from train.config import FinetuneConfig, ModelConfig
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    for model, config in (("small", ModelConfig.small()), ("small100", ModelConfig.small100())):
+        plan = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, model)
+        loop = plan.commands([0])["teacher"]
+        one = loop.split("do ", 1)[1].rsplit("; done", 1)[0].replace("$s", "0")
+        args = parser.parse_args(shlex.split(one)[1:])
+        # what build_runs trains with (export_table.py, `train_teacher`)
+        expected = FinetuneConfig(steps=3000, warmup_steps=300, batch_size=16, lr=1e-3,
+                                  freeze_encoder_steps=0, amp="fp32")
+        assert _configs(args, "finetune")[:2] == (config, expected)
+    assert ModelConfig.small100().total_stride * 2 == ModelConfig.small().total_stride
+
+
 def test_student_hop_length_names_its_runs_and_commands(tmp_path):
     fifty = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small")
     hundred = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small", 160)
@@ -195,3 +216,8 @@ def test_student_hop_length_names_its_runs_and_commands(tmp_path):
     assert "--steps 1500 --hop-length 160 --seed $s" in commands["student_fp32"]
     assert "--steps 1500 --hop-length 160 --seed $s" in commands["baseline"]
     assert "--hop-length" not in fifty.commands([0])["student_fp32"]
+    focal = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small", 160, "focal")
+    assert focal.path("student_int8", 0).parts[-2] == "tcn_small_d1500_h160_kfocal"
+    assert focal.path("baseline", 0) == hundred.path("baseline", 0)  # no teacher term there
+    assert "--kd-loss focal --temperature 1 --seed $s" in focal.commands([0])["student_fp32"]
+    assert "--kd-loss" not in focal.commands([0])["baseline"]
