@@ -59,8 +59,11 @@ def export_rows(result: dict) -> list[Row]:
     if "models" not in result:
         return [("export table", "JSON from an older benchmarks/export_table.py", "rerun it",
                  cmd)]
-    setup = (f" (synth `{result['preset']}`, seeds {', '.join(map(str, result['seeds']))}: "
-             "mean over seeds [95% paired bootstrap CI over files]"
+    hop = result.get("student_hop_length") or 0
+    students = (f"; students: log-mel hop {hop} samples" if hop else "") + (
+        f", teacher term {result['kd_loss']}" if result.get("kd_loss", "bce") != "bce" else "")
+    setup = (f" (synth `{result['preset']}`, seeds {', '.join(map(str, result['seeds']))}"
+             f"{students}: mean over seeds [95% paired bootstrap CI over files]"
              + ("; a --quick smoke run, its numbers mean little" if result.get("quick") else "")
              + ")")
     rows: list[Row] = []
@@ -243,6 +246,9 @@ SECTIONS = (  # title, JSON file(s) under out-dir, row builder
     ("training", ("train/train_table.json",), train_rows),
     ("export", ("export_table.json",), export_rows),
     ("edge runtime", ("runtime_bench.json", "runtime_bench_hop0.2.json"), runtime_rows),
+    # The 100-fps students (export table `--student-hop-length 160`): their own section, so
+    # the 50-fps student's rows stay (carried) when only these are rerun.
+    ("edge runtime, 100-fps student", ("runtime_bench_h160.json",), runtime_rows),
     ("latency vs lookahead", ("lookahead_bench.json",), lookahead_rows),
     ("reliability", ("soak/soak.json",), soak_rows),
 )
