@@ -53,7 +53,10 @@ for it and reuses it (a lock per run, benchmarks/runs.py). A rerun with every ru
 1 min. Session 7, with the 400-fps `small` teacher, beside the training table's three
 processes (load average 4-7): 40 min for seed 0 (its teacher 17 min), 83-87 min for seeds 1
 and 2, 209 process-minutes in all. Every run's minutes are recorded beside it and summed
-into the JSON ("built_minutes").
+into the JSON ("built_minutes"). Session 8, 100-fps students with the focal teacher term
+(`--student-hop-length 160 --kd-loss focal`), seed 0 alone on one core and seeds 1 and 2
+sharing the other: `small` teacher, 30 min for seed 0 (teacher 13 min), 58 min for seeds 1 and
+2, 145 process-minutes; `small100`, 38 / 60 / 60 min, 158 process-minutes.
 """
 
 from __future__ import annotations

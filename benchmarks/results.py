@@ -245,6 +245,9 @@ def lookahead_rows(result: dict) -> list[Row]:
 SECTIONS = (  # title, JSON file(s) under out-dir, row builder
     ("training", ("train/train_table.json",), train_rows),
     ("export", ("export_table.json",), export_rows),
+    # The same students from the 50-fps-token `small` teacher (session 8: both teachers were
+    # run; neither is a choice made on `test`).
+    ("export, `small` teacher", ("export_table_small_focal.json",), export_rows),
     ("edge runtime", ("runtime_bench.json", "runtime_bench_hop0.2.json"), runtime_rows),
     # The 100-fps students (export table `--student-hop-length 160`): their own section, so
     # the 50-fps student's rows stay (carried) when only these are rerun.
