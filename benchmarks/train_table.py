@@ -50,6 +50,7 @@ chooses the recipe again from seed 0's candidates.
 
     python benchmarks/train_table.py [--seeds 0,1,2] [--finetune-steps 600] [--work DIR]
     python benchmarks/train_table.py --quick --seeds 0      # smoke run: synth tiny, 30 steps
+    python benchmarks/train_table.py --model small --whine-pulse-s 0.5   # session 8's H2/H3 setup
 
 Run time, 2-core x86. Measured in session 7 (the full run, from nothing): three per-seed
 processes side by side, one torch thread each (`--seeds 0 --threads 1`, then `--seeds 1` and
