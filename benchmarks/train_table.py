@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill-steps", type=int, help="label-only student steps "
                         "(default 1500)")
     parser.add_argument("--arch", default="tcn_small", help="label-only student architecture")
-    parser.add_argument("--model", choices=("tiny", "small", "base"), default="tiny",
+    parser.add_argument("--model", choices=("tiny", "small", "small100", "base"), default="tiny",
                         help="the teacher's model preset (default tiny; `small`: the export "
                         "table's teacher, ~2x the CPU per step; runs go to their own folders)")
     parser.add_argument("--whine-pulse-s", type=float, default=0.0, metavar="S",
