@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.results import student_setup
 from benchmarks.scoring import Scored, finite, interval, judge
 from benchmarks.stats import (
     VERDICTS,
@@ -192,11 +193,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     seeds = ", ".join(str(s) for s in result["seeds"])
     files = ", ".join(f"{n} `{s}` files" for s, n in result["files"].items())
     label = {key: f"C{k}" for k, key in enumerate(result["commands"], start=1)}
-    hop = result.get("student_hop_length") or 0
-    student = (f"{result['arch']} students {result['distill_steps']} steps"
-               + (f", log-mel hop {hop} samples" if hop else "")
-               + (f", teacher term {result['kd_loss']}" if result.get("kd_loss", "bce") != "bce"
-                  else ""))
+    student = f"{result['arch']} students {result['distill_steps']} steps{student_setup(result)}"
     lines = [f"Synth `{result['preset']}`, seeds {seeds} (teacher {result['teacher_steps']} "
              f"steps, {student}): mean over "
              f"seeds [95 % paired bootstrap CI over {files}, {result['n_boot']} replicates].",

@@ -52,6 +52,14 @@ def _ci(cell: dict | None) -> str:
     return f"{cell['mean']:.3f} [{cell['lo']:.3f}, {cell['hi']:.3f}]"
 
 
+def student_setup(result: dict) -> str:
+    """", log-mel hop 160 samples, teacher term focal": the students' non-default settings."""
+    hop = result.get("student_hop_length") or 0
+    kd = result.get("kd_loss", "bce")
+    return ((f", log-mel hop {hop} samples" if hop else "")
+            + (f", teacher term {kd}" if kd != "bce" else ""))
+
+
 def export_rows(result: dict) -> list[Row]:
     """Per model: footprint, latency and quality with CIs; then every claim with its verdict,
     judged by export_table.py on the CI (met / MISSED / inconclusive)."""
@@ -59,11 +67,9 @@ def export_rows(result: dict) -> list[Row]:
     if "models" not in result:
         return [("export table", "JSON from an older benchmarks/export_table.py", "rerun it",
                  cmd)]
-    hop = result.get("student_hop_length") or 0
-    students = (f"; students: log-mel hop {hop} samples" if hop else "") + (
-        f", teacher term {result['kd_loss']}" if result.get("kd_loss", "bce") != "bce" else "")
+    students = student_setup(result)
     setup = (f" (synth `{result['preset']}`, seeds {', '.join(map(str, result['seeds']))}"
-             f"{students}: mean over seeds [95% paired bootstrap CI over files]"
+             f"{'; students:' + students.lstrip(',') if students else ''}: mean over seeds [95% paired bootstrap CI over files]"
              + ("; a --quick smoke run, its numbers mean little" if result.get("quick") else "")
              + ")")
     rows: list[Row] = []
