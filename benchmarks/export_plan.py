@@ -4,7 +4,7 @@ command that rebuilds it. Nothing here trains, so tests check the names and comm
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks.export_claims import MODELS, SPLITS
@@ -21,7 +21,7 @@ class Plan:
     distill_steps: int
     clip_s: float
     batch_size: int
-    teacher_model: str = "tiny"  # train/config.py model preset
+    teacher_model: str = "tiny"  # train/config.py model preset; `a+b`: the ensemble of both
     student_hop_length: int = 0  # the students' log-mel hop in samples; 0: 20 ms (50 fps)
     kd_loss: str = "bce"  # the distilled student's teacher term (export/distill.py)
 
@@ -34,6 +34,17 @@ class Plan:
     @property
     def data(self) -> Path:
         return self.work / f"synth_{self.preset}"
+
+    @property
+    def members(self) -> list[Plan]:
+        """The plans of an ensemble's teachers (`small+small100`: each trained, and found on
+        disk, exactly as a single-teacher table trains it); [self] for one teacher."""
+        names = self.teacher_model.split("+")
+        return [self] if len(names) == 1 else [replace(self, teacher_model=n) for n in names]
+
+    def teachers(self, seed: int | str) -> list[Path]:
+        """The model.pt of every teacher the student learns from (one, or an ensemble's)."""
+        return [m.path("teacher", seed) for m in self.members]
 
     def _teacher_root(self, seed: int | str) -> Path:
         model = "" if self.teacher_model == "tiny" else f"_{self.teacher_model}"  # older runs
@@ -63,6 +74,7 @@ class Plan:
 
     def path(self, model: str, seed: int | str) -> Path:
         student = self._teacher_root(seed) / f"{self._student_name}{self._kd_suffix}"
+        # An ensemble's "teacher" is no file: only its tracks (the members' averaged) sit there.
         return {"teacher": self._teacher_root(seed) / "teacher" / "model.pt",
                 "student_fp32": student / "student.pt",
                 "student_int8": student / "student_int8.tflite",
@@ -75,18 +87,23 @@ class Plan:
         return p.with_name(f"{p.stem}_tracks_{split}.npz")
 
     def commands(self, seeds: Sequence[int]) -> dict[str, str]:
-        """Shell commands that rebuild each run (`$s`: the seed) and score them per split."""
+        """Shell commands that rebuild each run (`$s`: the seed) and score them per split; an
+        ensemble's student is taught by all its teachers (`--teacher A --teacher B`), and its
+        verify's `--teacher` is the first (the table's ensemble row averages the members'
+        tracks, "teacher_ensemble")."""
         loop = f"for s in {' '.join(str(s) for s in seeds)}; do "
         p = {m: self.path(m, "$s") for m in MODELS}
-        return {
+        teachers = self.teachers("$s")
+        cmds = {
             "data": f"meerkit synth {self.data} --preset {self.preset} --seed 0",
-            "teacher": f"{loop}meerkit train finetune --data {self.data} --out "
-                       f"{p['teacher'].parent} --preset {self.teacher_model} --splits train --steps "
-                       f"{self.teacher_steps} --batch-size {self.batch_size} --lr 0.001 --amp "
-                       f"fp32 --clip-s {self.clip_s:g} --seed $s --device cpu --set "
-                       f"warmup_steps={self.teacher_steps // 10} --set freeze_encoder_steps=0;"
-                       " done",
-            "student_fp32": f"{loop}meerkit export distill --teacher {p['teacher']} --data "
+            "teacher": " ; ".join(
+                f"{loop}meerkit train finetune --data {self.data} --out {t.parent} --preset "
+                f"{m.teacher_model} --splits train --steps {self.teacher_steps} --batch-size "
+                f"{self.batch_size} --lr 0.001 --amp fp32 --clip-s {self.clip_s:g} --seed $s "
+                f"--device cpu --set warmup_steps={self.teacher_steps // 10} --set "
+                "freeze_encoder_steps=0; done" for m, t in zip(self.members, teachers, strict=True)),
+            "student_fp32": f"{loop}meerkit export distill "
+                            f"{' '.join(f'--teacher {t}' for t in teachers)} --data "
                             f"{self.data} --out {p['student_fp32']} --arch {self.arch} --steps "
                             f"{self.distill_steps}{self._hop_flag}{self._kd_flags} --seed $s --cache "
                             f"{self.work}/teacher_cache; done",
@@ -97,6 +114,12 @@ class Plan:
                         f"{self._hop_flag} --seed $s; done",
             "verify": f"{loop}for split in {' '.join(SPLITS)}; do meerkit export verify "
                       f"{p['student_int8']} --data {self.data} --split $split --checkpoint "
-                      f"{p['student_fp32']} --teacher {p['teacher']} --baseline {p['baseline']} "
+                      f"{p['student_fp32']} --teacher {teachers[0]} --baseline {p['baseline']} "
                       "--no-onnx --no-write-card; done; done",
         }
+        if len(teachers) > 1:
+            cmds["teacher_ensemble"] = (
+                "the members' teacher tracks as `verify` makes them (whole files, each at its "
+                "own frame rate), resampled to the finest rate and averaged in probability; "
+                "its decoder tuned on `val` for event F1 (export/decoder_search.py)")
+        return cmds

@@ -101,22 +101,23 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
 
     cmds = plan.commands([seed])
     data_id = digest(plan.data / "synth.json")
-    teacher, student = plan.path("teacher", seed), plan.path("student_fp32", seed)
+    teachers, student = plan.teachers(seed), plan.path("student_fp32", seed)
     int8, baseline = plan.path("student_int8", seed), plan.path("baseline", seed)
     steps = plan.teacher_steps
 
-    def train_teacher(resume: bool) -> None:
-        say(t0, f"seed {seed}: finetuning the teacher ({steps} steps{', resumed' if resume else ''})")
-        finetune(RunOptions(plan.data, teacher.parent, ("train",), clip_s=plan.clip_s, seed=seed,
-                            resume=resume, progress=progress,
+    def train_teacher(member: Plan, resume: bool) -> None:
+        say(t0, f"seed {seed}: finetuning the {member.teacher_model} teacher ({steps} steps"
+                f"{', resumed' if resume else ''})")
+        finetune(RunOptions(plan.data, member.path("teacher", seed).parent, ("train",),
+                            clip_s=plan.clip_s, seed=seed, resume=resume, progress=progress,
                             checkpoint_every=max(10, steps // 10)),
-                 model_preset(plan.teacher_model),
+                 model_preset(member.teacher_model),
                  FinetuneConfig(steps=steps, warmup_steps=steps // 10,
                                 batch_size=plan.batch_size, lr=1e-3, freeze_encoder_steps=0,
                                 amp="fp32"),
                  Runtime(torch.device("cpu")))
 
-    def distil(teacher_path: Path | None, out: Path, what: str) -> None:
+    def distil(teacher_path: list[Path] | None, out: Path, what: str) -> None:
         say(t0, f"seed {seed}: distilling {what} ({plan.distill_steps} steps)")
         kd = ({"kd_loss": plan.kd_loss, "temperature": plan.kd_temperature}
               if teacher_path is not None else {})
@@ -130,16 +131,22 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
         quantize(student, plan.data, int8, force=True, progress=progress)
 
     # Keyed on the preset's config, not its name: a preset redefined later rebuilds its runs.
-    minutes = run_once(teacher, {"data": data_id, "seed": seed, "steps": steps,
-                                 "model": model_preset(plan.teacher_model).to_dict(),
-                                 "batch_size": plan.batch_size, "clip_s": plan.clip_s},
-                       cmds["teacher"], train_teacher)
+    minutes = 0.0
+    for member in plan.members:
+        minutes += run_once(member.path("teacher", seed),
+                            {"data": data_id, "seed": seed, "steps": steps,
+                             "model": model_preset(member.teacher_model).to_dict(),
+                             "batch_size": plan.batch_size, "clip_s": plan.clip_s},
+                            member.commands([seed])["teacher"],
+                            lambda resume, m=member: train_teacher(m, resume))
     # the hop only when set, so that markers written before the option still match
     hop = {"hop_length": plan.student_hop_length} if plan.student_hop_length else {}
     kd = {"kd_loss": plan.kd_loss} if plan.kd_loss != "bce" else {}
-    minutes += run_once(student, {"teacher": digest(teacher), "arch": plan.arch, "seed": seed,
+    # one teacher keeps its digest (not a list), so that runs marked before ensembles match
+    taught_by = digest(teachers[0]) if len(teachers) == 1 else [digest(t) for t in teachers]
+    minutes += run_once(student, {"teacher": taught_by, "arch": plan.arch, "seed": seed,
                                   "steps": plan.distill_steps, **hop, **kd},
-                        cmds["student_fp32"], lambda _: distil(teacher, student, "the student"))
+                        cmds["student_fp32"], lambda _: distil(teachers, student, "the student"))
     minutes += run_once(int8, {"student": digest(student)}, cmds["student_int8"], to_int8)
     minutes += run_once(baseline, {"data": data_id, "arch": plan.arch, "seed": seed,
                                    "steps": plan.distill_steps, **hop}, cmds["baseline"],
@@ -171,6 +178,8 @@ def model_tracks(plan: Plan, model: str, seed: int, split: str, progress: bool
                  ) -> tuple[dict[str, np.ndarray], Any, float]:
     """(frame logits per file, the model's card, minutes the tracks took), cached beside the
     model and keyed by its file's digest."""
+    if model == "teacher" and len(plan.members) > 1:
+        return ensemble_tracks(plan, seed, split, progress)
     from export.backends import geometry, track_files
     from train.data.dataset import Dataset
     from train.data.torch_data import select_files
@@ -192,6 +201,46 @@ def model_tracks(plan: Plan, model: str, seed: int, split: str, progress: bool
     with np.load(out) as saved:
         logits = {f: saved[f"arr_{k}"] for k, f in enumerate(files)}
     return logits, runner.card, minutes
+
+
+def ensemble_tracks(plan: Plan, seed: int, split: str, progress: bool
+                    ) -> tuple[dict[str, np.ndarray], Any, float]:
+    """The ensemble teacher as the student was taught by it: each member's tracks (cached as
+    its own table caches them) resampled to the finest member's frames and averaged in
+    probability (export/distill_data.ensemble_logits). Its card is the finest member's with
+    the parameters summed and the decoder tuned for the ensemble on `val`, as every other
+    model's is."""
+    from dataclasses import replace
+
+    from export.backends import sigmoid
+    from export.decoder_search import tune_decoder
+    from export.distill_data import ensemble_logits, resample_frames
+    from train.data.dataset import Dataset
+
+    runs = {s: [model_tracks(m, "teacher", seed, s, progress) for m in plan.members]
+            for s in dict.fromkeys((split, "val"))}
+    finest = max(range(len(plan.members)), key=lambda k: runs[split][k][1].frame_rate_hz)
+    card = runs[split][finest][1]
+    rate = card.frame_rate_hz
+
+    def average(members: list[tuple[dict[str, np.ndarray], Any, float]]) -> dict[str, np.ndarray]:
+        out = {}
+        for f, grid in members[finest][0].items():
+            times = (np.arange(len(grid)) + 0.5) / rate
+            out[f] = ensemble_logits([resample_frames(logits[f], c.frame_rate_hz, times)
+                                      for logits, c, _ in members])
+        return out
+
+    dataset = Dataset(plan.data, sample_rate=card.sample_rate)
+    val = {f: sigmoid(v) for f, v in average(runs["val"]).items()}
+    tuned = tune_decoder(val, {f: dataset.events(f) for f in val}, list(card.labels), rate)
+    parameters = sum(int(c.lineage.get("parameters") or 0) for _, c, _ in runs[split])
+    card = replace(card, thresholds=tuned.thresholds, decoder=tuned.decoders,
+                   undetectable_labels=tuned.undetectable,
+                   lineage={**card.lineage, "parameters": parameters,
+                            "teacher_name": f"ensemble of {plan.teacher_model}"})
+    minutes = sum(m for r in runs.values() for _, _, m in r)
+    return average(runs[split]), card, minutes
 
 
 def score_model(plan: Plan, logits: Mapping[str, np.ndarray], card: Any) -> Scored:
@@ -265,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
                         "--quick: 0)")
     parser.add_argument("--preset", help="synth preset (default default; --quick: tiny)")
     parser.add_argument("--arch", default="tcn_small", help="student architecture")
-    parser.add_argument("--teacher-model", choices=("tiny", "small", "small100"),
-                        help="teacher model preset (default small; --quick: tiny)")
+    parser.add_argument("--teacher-model", choices=("tiny", "small", "small100", "small+small100"),
+                        help="teacher model preset (default small; --quick: tiny); "
+                             "small+small100: the student learns from the ensemble of the two "
+                             "(each trained as its own table trains it), which is the teacher row")
     parser.add_argument("--teacher-steps", type=int, help="finetuning steps (default 3000)")
     parser.add_argument("--distill-steps", type=int, help="student steps (default 1500)")
     parser.add_argument("--student-hop-length", type=int, default=0, metavar="SAMPLES",

@@ -147,7 +147,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "augmented unlabelled + labelled audio, plus focal loss on labels; the best "
                        "step and the per-label event decoder are chosen on val. --labels-only "
                        "trains the label-only baseline with the same recipe.")
-    p.add_argument("--teacher", type=Path, help="finetuned teacher model.pt")
+    p.add_argument("--teacher", type=Path, action="append",
+                   help="finetuned teacher model.pt; repeat it to distil an ensemble (the "
+                   "teachers' probabilities averaged; they must share labels and sample rate)")
     p.add_argument("--labels-only", action="store_true",
                    help="no teacher: the label-only baseline, same recipe")
     p.add_argument("--data", type=Path, required=True, help="dataset folder")

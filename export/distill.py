@@ -23,7 +23,8 @@ term; each batch holds `batch_size` labelled windows plus `unlabelled_per_labell
 many unlabelled ones.
 The label term is the teacher's own focal loss (RetinaNet normalisation): averaged over every
 frame x class it is ~30x smaller than the KD term and the labels stop mattering.
-`teacher=None` trains the label-only baseline with the same recipe.
+`teacher=None` trains the label-only baseline with the same recipe; several teachers teach as
+an ensemble (their probabilities averaged).
 
 After training, the best step on `val` (frame macro AP) is kept and its per-label event
 decoder (threshold, hysteresis, minimum duration, merge gap) is tuned on `val` for *event* F1
@@ -35,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,10 +175,37 @@ def label_loss(student: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
 
 
 # ---------------------------------------------------------------- the run
-def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillConfig,
-            cache_dir: Path | None = None, progress: bool = True) -> Path:
+def _load_teachers(paths: Sequence[Path], data: Path) -> tuple[list[Any], Any]:
+    """The finetuned teachers (one, or the members of an ensemble) and the dataset at their
+    sample rate; refuses a pretrained-only model and teachers that disagree on labels or
+    sample rate with each other or with the data."""
+    from train.checkpoint import load_model
+    from train.data.dataset import Dataset
+
+    teachers, labels = [], None
+    for path in paths:
+        teacher, record = load_model(path)
+        if teacher.classifier is None:
+            raise UserError(f"{path}: a pretrained model has no classifier; finetune it first")
+        if labels is None:
+            labels, sr = list(record["labels"]), teacher.config.sample_rate
+        elif list(record["labels"]) != labels or teacher.config.sample_rate != sr:
+            raise UserError(f"{path}: labels or sample rate differ from {paths[0]}'s; an "
+                            "ensemble's teachers must share both")
+        teachers.append(teacher)
+    dataset = Dataset(data, sample_rate=sr)
+    if dataset.labels != labels:
+        raise UserError(f"{data}: label set {dataset.labels} differs from the teacher's "
+                        f"{labels} ({paths[0]})")
+    return teachers, dataset
+
+
+def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
+            config: DistillConfig, cache_dir: Path | None = None, progress: bool = True) -> Path:
     """Train a student (from the teacher and labels, or from labels alone when
-    `teacher_path` is None); writes `out` (student checkpoint) and returns it."""
+    `teacher_path` is None); writes `out` (student checkpoint) and returns it. Several
+    teacher paths distil their ensemble: the members' probabilities are averaged frame by
+    frame (each at its own frame rate, resampled to the student's)."""
     from tqdm import tqdm
 
     from export.backends import geometry_for, sigmoid, torch_student_window_fn, track_files
@@ -185,7 +214,7 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
     from export.source import load_source
     from export.student import LogMel, Student, StudentSpec, arch, default_frontend, save_student
     from train.augment import augment_batch, mask_features
-    from train.checkpoint import load_model, weights_sha256
+    from train.checkpoint import weights_sha256
     from train.data.dataset import Dataset
     from train.data.torch_data import select_files
     from train.engine import cosine_with_warmup, seed_everything
@@ -193,25 +222,19 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
 
     seed_everything(config.seed)
     student_config = arch(config.arch)
-    teacher = None
-    if teacher_path is not None:
-        teacher, record = load_model(teacher_path)
-        if teacher.classifier is None:
-            raise UserError(f"{teacher_path}: a pretrained model has no classifier; finetune "
-                            "it first")
-        labels = list(record["labels"])
-        sr = teacher.config.sample_rate
-        dataset = Dataset(data, sample_rate=sr)
-        if dataset.labels != labels:
-            raise UserError(f"{data}: label set {dataset.labels} differs from the teacher's "
-                            f"{labels} ({teacher_path})")
+    teacher_paths = ([] if teacher_path is None else [Path(teacher_path)]
+                     if isinstance(teacher_path, str | Path) else [Path(p) for p in teacher_path])
+    teachers: list[Any] = []
+    if teacher_paths:
+        teachers, dataset = _load_teachers(teacher_paths, data)
+        labels, sr = list(dataset.labels), dataset.sample_rate
     else:
         dataset = Dataset(data)
         labels, sr = list(dataset.labels), dataset.sample_rate
         if not labels:
             raise UserError(f"{data}: no labels to train a student on")
     labelled = [f for s in config.labelled_splits for f in select_files(dataset, s)]
-    unlabelled = [] if teacher is None else [
+    unlabelled = [] if not teachers else [
         f for s in config.unlabelled_splits if s in set(dataset.splits.values())
         for f in select_files(dataset, s)]
     if not labelled and not unlabelled:
@@ -227,18 +250,18 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
            for s in (config.window_s, config.hop_s)):
         raise UserError(f"distill: window ({config.window_s:g} s) and hop ({config.hop_s:g} s) "
                         f"must be whole student frames ({hop_length} samples)")
-    teacher_sha, tracks, teacher_fn = None, None, None
-    if teacher is not None:
-        teacher_sha = weights_sha256(teacher)
-        if config.teacher_on_augmented:
-            teacher_fn = teacher.export_module().eval()
-        else:
-            cache_dir = cache_dir or Path(out).parent / "teacher_cache"
-            tracks = teacher_tracks(teacher, teacher_sha, dataset, labelled + unlabelled,
-                                    config.teacher_window_s, cache_dir, progress)
-    windows = build_windows(dataset, labelled, unlabelled, tracks,
-                            teacher.config.frame_rate_hz if teacher is not None else frame_rate,
-                            config.window_s, frame_rate, progress)
+    shas = [weights_sha256(t) for t in teachers]
+    teacher_fns: list[torch.nn.Module] = []
+    cached: list[tuple[dict[str, np.ndarray], float]] = []
+    if config.teacher_on_augmented:
+        teacher_fns = [t.export_module().eval() for t in teachers]
+    else:
+        cache_dir = cache_dir or Path(out).parent / "teacher_cache"
+        cached = [(teacher_tracks(t, sha, dataset, labelled + unlabelled,
+                                  config.teacher_window_s, cache_dir, progress),
+                   t.config.frame_rate_hz) for t, sha in zip(teachers, shas, strict=True)]
+    windows = build_windows(dataset, labelled, unlabelled, cached, config.window_s, frame_rate,
+                            progress)
     background = windows.audio[~windows.labelled] if bool((~windows.labelled).any()) else None
 
     # Input normalisation: one scalar mean/std over training features (frames that exist).
@@ -255,7 +278,7 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
     log.info("training %s student (%d parameters) on %d windows (%d labelled) for %d steps, "
              "%s", config.arch, model.num_parameters(), len(windows.audio),
              int(windows.labelled.sum()), config.steps,
-             "labels only" if teacher is None else "teacher + labels")
+             "labels only" if not teachers else f"{len(teachers)} teacher(s) + labels")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -265,7 +288,7 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
     generator = torch.Generator().manual_seed(config.seed)
     spec = StudentSpec(config.arch, student_config, frontend, sr, config.window_s, config.hop_s,
                        tuple(labels), tuple([0.5] * len(labels)))
-    kd_weight = config.kd_weight if teacher is not None else 0.0
+    kd_weight = config.kd_weight if teachers else 0.0
 
     def val_probs() -> dict[str, np.ndarray]:
         model.eval()
@@ -294,9 +317,10 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
         soft = None
         if kd_weight > 0:
             with torch.no_grad():
-                if teacher_fn is not None:
-                    soft = torch.sigmoid(_to_frames(teacher_fn(batch.audio).float(),
-                                                    n_frames) / t)
+                if teacher_fns:  # an ensemble's probabilities are averaged
+                    soft = torch.stack([torch.sigmoid(_to_frames(fn(batch.audio).float(),
+                                                                 n_frames) / t)
+                                        for fn in teacher_fns]).mean(0)
                 else:
                     soft = batch.soft(torch.sigmoid(windows.teacher[idx] / t))
         return features, batch.labels, valid, hard, soft
@@ -352,10 +376,16 @@ def distill(teacher_path: Path | None, data: Path, out: Path, config: DistillCon
         log.warning("no '%s' split: thresholds stay at 0.5 and the last weights are kept",
                     config.val_split)
     model.eval()
-    lineage = ({"teacher": None, "teacher_sha256": None, "teacher_name": "none (labels only)",
-                "data": str(Path(data).resolve())} if teacher is None else
-               {"teacher": str(Path(teacher_path).resolve()), "teacher_sha256": teacher_sha,
-                "teacher_name": "meerkit-animal2vec", "data": str(Path(data).resolve())})
+    lineage: dict[str, Any] = {"teacher": None, "teacher_sha256": None,
+                               "teacher_name": "none (labels only)"}
+    if teachers:  # the first member stands for an ensemble where one teacher is expected
+        lineage = {"teacher": str(teacher_paths[0].resolve()), "teacher_sha256": shas[0],
+                   "teacher_name": "meerkit-animal2vec" if len(teachers) == 1 else
+                   f"meerkit-animal2vec ensemble of {len(teachers)}"}
+        if len(teachers) > 1:
+            lineage["teachers"] = [{"path": str(p.resolve()), "sha256": sha}
+                                   for p, sha in zip(teacher_paths, shas, strict=True)]
+    lineage["data"] = str(Path(data).resolve())
     save_student(Path(out), model, spec, lineage, extra={
         "distill": config.to_dict(), "best_step": best["step"], "val": report,
         "decoder_search": tuned.to_dict() if tuned is not None else None})

@@ -1,12 +1,14 @@
 """What a student trains on: the teacher's frame tracks over whole files (cached on disk, keyed
 by teacher sha256 + file + clip parameters) and the files cut into training windows held in
-memory with labels and the teacher's logits at the student's frame times."""
+memory with labels and the teacher's logits at the student's frame times (several teachers:
+their ensemble)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +94,21 @@ class Windows:
     valid: torch.Tensor
 
 
+def ensemble_logits(logits: Sequence[np.ndarray]) -> np.ndarray:
+    """One teacher's logits unchanged; several teachers' as the logit of their mean
+    probability (an ensemble averages what its members believe, not their raw scores)."""
+    if len(logits) == 1:
+        return logits[0]
+    p = np.mean([1.0 / (1.0 + np.exp(-x.astype(np.float64))) for x in logits], axis=0)
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
 def build_windows(dataset, labelled_files: list[str], unlabelled_files: list[str],
-                  tracks: dict[str, np.ndarray] | None, teacher_rate: float, window_s: float,
+                  teachers: Sequence[tuple[Mapping[str, np.ndarray], float]], window_s: float,
                   frame_rate: float, progress: bool) -> Windows:
-    """Every file cut into windows (50 % overlap) with labels and, given teacher tracks, the
-    teacher's logits at the student's frame times."""
+    """Every file cut into windows (50 % overlap) with labels and, given teachers' tracks
+    (each with its frame rate), their (ensemble) logits at the student's frame times."""
     from tqdm import tqdm
 
     audio, teach, labels, labelled, valid = [], [], [], [], []
@@ -107,13 +119,14 @@ def build_windows(dataset, labelled_files: list[str], unlabelled_files: list[str
         duration = dataset.info(file).duration_s
         for clip in dataset.clips(window_s, window_s / 2, frame_rate, files=[file]):
             times = clip.offset_s + centres
-            if tracks is not None:
-                teach.append(resample_frames(tracks[file], teacher_rate, times))
+            if teachers:
+                teach.append(ensemble_logits([resample_frames(tracks[file], rate, times)
+                                              for tracks, rate in teachers]))
             audio.append(clip.audio.astype(np.float32))
             labels.append(clip.targets)
             labelled.append(has_labels)
             valid.append(times < duration)
     return Windows(torch.from_numpy(np.stack(audio)),
-                   torch.from_numpy(np.stack(teach)) if tracks is not None else None,
+                   torch.from_numpy(np.stack(teach)) if teachers else None,
                    torch.from_numpy(np.stack(labels)).float(), torch.tensor(labelled),
                    torch.from_numpy(np.stack(valid)))

@@ -24,7 +24,7 @@ from export.distill import (
     teacher_loss,
     teacher_weights,
 )
-from export.distill_data import resample_frames, teacher_tracks
+from export.distill_data import build_windows, ensemble_logits, resample_frames, teacher_tracks
 from export.quantize import CalibrationConfig, calibration_set, check_budget, quantize
 from export.source import load_source
 from export.student import Student, StudentConfig, load_student
@@ -228,6 +228,62 @@ def test_focal_teacher_term_trains_from_the_command_line(env, tmp_path):
     _, _, record = load_student(out)
     assert record["extra"]["distill"]["kd_loss"] == "focal"
     assert record["extra"]["distill"]["temperature"] == 1.0
+
+
+
+def test_an_ensemble_averages_its_teachers_probabilities():
+    a = np.array([[2.0, -1.0], [0.0, 3.0]], np.float32)
+    assert ensemble_logits([a]) is a  # one teacher: its own logits, untouched
+    both = ensemble_logits([a, -a])  # p and 1 - p average to 0.5: logit 0
+    assert both.dtype == np.float32 and np.allclose(both, 0.0, atol=1e-6)
+    b = np.array([[0.0, 0.0], [-3.0, 1.0]], np.float32)
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    assert np.allclose(sig(ensemble_logits([a, b])), (sig(a) + sig(b)) / 2, atol=1e-6)
+
+
+def test_windows_carry_the_ensemble_at_the_students_frame_times(env):
+    dataset = Dataset(env.data)
+    file = dataset.files_in("train")[0]
+    n = round(dataset.info(file).duration_s * 50)
+    rng = np.random.default_rng(0)
+    t50 = {file: rng.normal(size=(n, len(LABELS))).astype(np.float32)}
+    t100 = {file: rng.normal(size=(2 * n, len(LABELS))).astype(np.float32)}
+    one = build_windows(dataset, [file], [], [(t50, 50.0)], 2.0, 100.0, progress=False)
+    two = build_windows(dataset, [file], [], [(t50, 50.0), (t100, 100.0)], 2.0, 100.0,
+                        progress=False)
+    assert one.teacher.shape == two.teacher.shape == (len(one.audio), 200, len(LABELS))
+    # window k starts at k s (2 s windows, 50 % overlap): its frames are the track's 100k...
+    expected = ensemble_logits([resample_frames(t50[file], 50.0, (np.arange(200) + 0.5) / 100),
+                                t100[file][:200]])
+    assert np.allclose(two.teacher[0].numpy(), expected, atol=1e-5)
+    assert build_windows(dataset, [file], [], [], 2.0, 100.0, progress=False).teacher is None
+
+
+def test_an_ensemble_of_teachers_distils_from_the_command_line(env, tmp_path):
+    out = tmp_path / "ensemble.pt"
+    assert main(["export", "distill", "--teacher", str(env.teacher), "--teacher",
+                 str(env.teacher), "--data", str(env.data), "--out", str(out), "--arch", "pico",
+                 "--steps", "2", "--batch-size", "4", "--cache", str(env.cache),
+                 "--no-progress"]) == 0
+    _, _, record = load_student(out)
+    lineage = record["lineage"]
+    assert lineage["teacher_name"] == "meerkit-animal2vec ensemble of 2"
+    assert [t["path"] for t in lineage["teachers"]] == [str(env.teacher.resolve())] * 2
+    assert lineage["teacher"] == str(env.teacher.resolve())  # the first stands for the ensemble
+
+
+def test_an_ensemble_refuses_teachers_with_other_labels(env, tmp_path):
+    from train.checkpoint import save_model
+
+    model, _ = load_model(env.teacher)
+    renamed = tmp_path / "renamed.pt"
+    save_model(renamed, model, [f"x_{label}" for label in LABELS], "finetune")
+    with pytest.raises(UserError, match="labels or sample rate differ"):
+        distill([env.teacher, renamed], env.data, tmp_path / "s.pt", DistillConfig(steps=1),
+                progress=False)
+    assert main(["export", "distill", "--teacher", str(env.teacher), "--teacher",
+                 str(tmp_path / "missing.pt"), "--data", str(env.data), "--out",
+                 str(tmp_path / "s.pt"), "--no-progress"]) == 2
 
 
 # ---------------------------------------------------------------- ONNX and TFLite

@@ -221,3 +221,33 @@ def test_student_hop_length_names_its_runs_and_commands(tmp_path):
     assert focal.path("baseline", 0) == hundred.path("baseline", 0)  # no teacher term there
     assert "--kd-loss focal --temperature 1 --seed $s" in focal.commands([0])["student_fp32"]
     assert "--kd-loss" not in focal.commands([0])["baseline"]
+
+
+def test_an_ensemble_teacher_reuses_its_members_runs_and_teaches_with_all(tmp_path):
+    import argparse
+    import shlex
+
+    from export.cli import register
+
+    ensemble = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small+small100",
+                       160, "focal")
+    members = [et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, m, 160, "focal")
+               for m in ("small", "small100")]
+    assert ensemble.members == members  # each member is exactly its own table's run
+    assert ensemble.teachers(0) == [m.path("teacher", 0) for m in members]
+    assert members[0].members == [members[0]] and members[0].teachers(0) == [
+        members[0].path("teacher", 0)]
+    student = ensemble.path("student_int8", 1)
+    assert student.parts[-3:-1] == ("seed1", "tcn_small_d1500_h160_kfocal")
+    assert student.parts[-4] == "default_teacher_small+small100_t3000"
+    assert ensemble.path("baseline", 1) == members[0].path("baseline", 1)
+    commands = ensemble.commands([0])
+    assert commands["teacher"] == " ; ".join(m.commands([0])["teacher"] for m in members)
+    assert "teacher_ensemble" in commands and "teacher_ensemble" not in members[0].commands([0])
+    # the printed distil command parses to both teachers, in member order
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    one = commands["student_fp32"].split("do ", 1)[1].rsplit("; done", 1)[0].replace("$s", "0")
+    args = parser.parse_args(shlex.split(one)[1:])
+    assert args.teacher == ensemble.teachers(0) and args.out == ensemble.path("student_fp32", 0)
+    assert f"--teacher {members[0].path('teacher', '$s')} " in commands["verify"]
