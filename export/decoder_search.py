@@ -15,6 +15,9 @@ How, per class (decoding is per class, so classes are searched independently):
 * predictions are matched to the references one-to-one as `event_scores` matches them (same
   file, any overlap when iou == 0 else IoU >= iou, greedy by descending IoU), with file-local
   times, so every IoU is the float `event_scores` computes;
+* a minimum duration longer than the 5 % quantile of the class's reference durations is not
+  allowed (`duration_quantile`): F1 on a few dozen tuning calls would otherwise buy a few
+  fewer false alarms by discarding every call shorter than the setting;
 * the best F1 wins; ties go to the simplest decoder (smallest min duration, then merge gap,
   then hysteresis) and then to the middle of the tied thresholds (the most margin both ways).
   A class without reference events gets the setting with the fewest predictions.
@@ -43,6 +46,11 @@ from edge_runtime.contract.metrics import event_scores
 log = logging.getLogger(__name__)
 
 _EPS_FRAMES = 1e-9  # as edge_runtime.contract.events turns seconds into whole frames
+# Minimum durations are capped at this quantile of a label's reference durations. Session
+# 9: tuned for F1 alone on `val`, `upsweep` (median call 0.15 s) got 0.16 s, and 6 of the
+# `small` teacher's 17 misses among `test` calls at >= 10 dB were 0.07-0.09 s upsweeps whose
+# probability rose well above the threshold (0.53-0.65) but not for long enough.
+DURATION_QUANTILE = 0.05
 _MAX_CELLS = 4_000_000  # (frames x thresholds) decoded at once: ~32 MB per int64 temporary
 
 
@@ -106,16 +114,24 @@ class TunedDecoder:
 def tune_decoder(probs_by_file: Mapping[str, np.ndarray],
                  events_by_file: Mapping[str, Sequence[Event]], labels: Sequence[str],
                  frame_rate_hz: float, grid: SearchGrid | None = None, min_f1: float = 0.2,
-                 iou: float = 0.0) -> TunedDecoder:
+                 iou: float = 0.0, duration_quantile: float | None = DURATION_QUANTILE
+                 ) -> TunedDecoder:
     """Choose each label's decoder settings on these files to maximise its event F1.
 
     `probs_by_file`: file -> (frames, len(labels)) probabilities (frame k starts at k / fr);
     `events_by_file`: file -> reference events (other labels are ignored; a file missing here
     has none). Only the files of `probs_by_file` are used. Deterministic.
+    `duration_quantile`: a label's minimum duration may not exceed this quantile of its
+    reference events' durations in these files (the grid's smallest is always allowed; None:
+    no cap), so that a decoder never discards, by length alone, calls as short as ones the
+    references show exist.
     """
     grid = grid or SearchGrid()
     labels = list(labels)
     _check(probs_by_file, events_by_file, labels, frame_rate_hz, min_f1, iou)
+    if duration_quantile is not None and not 0.0 <= duration_quantile <= 1.0:
+        raise UserError(f"decoder search: duration_quantile ({duration_quantile}) must be in "
+                        "[0, 1] or None")
     files = sorted(probs_by_file)
     tracks = [np.asarray(probs_by_file[f], dtype=np.float64) for f in files]
     refs = {f: [dataclasses.replace(e, file=f) for e in events_by_file.get(f, ())
@@ -126,7 +142,8 @@ def tune_decoder(probs_by_file: Mapping[str, np.ndarray],
     for c, label in enumerate(labels):
         ref = [(layout.file_index[f], e.start_s, e.end_s)
                for f in files for e in refs[f] if e.label == label]
-        decoder, counts = _search_class(layout, c, label, ref, grid, iou)
+        longest = _longest_min_duration(ref, grid, duration_quantile)
+        decoder, counts = _search_class(layout, c, label, ref, grid, iou, longest)
         decoders.append(decoder)
         fast.append(counts)
 
@@ -204,10 +221,22 @@ class _Layout:
         return out
 
 
+def _longest_min_duration(ref: list[tuple[int, float, float]], grid: SearchGrid,
+                          quantile: float | None) -> float:
+    """The largest minimum duration (s) a class may use: the `quantile` of its references'
+    durations, never below the grid's smallest; unbounded without references or a quantile."""
+    if quantile is None or not ref:
+        return math.inf
+    durations = np.array([end - start for _, start, end in ref])
+    return max(float(np.quantile(durations, quantile)), min(grid.min_durations_s))
+
+
 def _search_class(layout: _Layout, c: int, label: str, ref: list[tuple[int, float, float]],
-                  grid: SearchGrid, iou: float) -> tuple[LabelDecoder, tuple[int, int]]:
-    """The best setting of one class on the grid (see the module docstring), and its
-    (true positives, predicted events) as the search counted them."""
+                  grid: SearchGrid, iou: float, longest_min_duration_s: float = math.inf
+                  ) -> tuple[LabelDecoder, tuple[int, int]]:
+    """The best setting of one class on the grid (see the module docstring) among minimum
+    durations up to `longest_min_duration_s`, and its (true positives, predicted events) as
+    the search counted them."""
     column = layout.column(c)
     refs = _References(ref, layout)
     n_t, n_r = len(grid.thresholds), len(grid.hysteresis_ratios)
@@ -237,6 +266,8 @@ def _search_class(layout: _Layout, c: int, label: str, ref: list[tuple[int, floa
     # Event F1 (equal rationals are equal floats, so ties are exact); with nothing to find,
     # predict as little as possible.
     score = 2 * tp / (n_pred + refs.n) if refs.n else -n_pred.astype(np.float64)
+    too_long = np.array(grid.min_durations_s) > longest_min_duration_s
+    score[..., too_long] = -np.inf
     tied = score == score.max()
     # simplest: smallest min duration, then merge gap, then hysteresis ...
     _, ri, gi, mi = min(np.argwhere(tied).tolist(), key=lambda i: (i[3], i[2], i[1]))

@@ -181,3 +181,37 @@ def test_the_search_counts_what_event_scores_counts(iou, caplog):
 def test_bad_input_is_a_clear_error(call, message):
     with pytest.raises(UserError, match=message):
         call()
+
+
+def short_and_long_calls(n_files=6):
+    """'call': per file four long calls (30 frames at 0.9) and one short one (3 frames at 0.9),
+    plus two 5-frame false bumps at 0.9 between them. F1 alone prefers a 0.16 s (8-frame)
+    minimum duration, which drops the bumps and the short calls; the short calls are 1 in 5
+    of the references."""
+    probs, events = {}, {}
+    for k in range(n_files):
+        x = np.full(600, 0.05)
+        evs = []
+        for start in (20, 120, 220, 320):
+            x[start : start + 30] = 0.9
+            evs.append(Event("call", start / FR, (start + 30) / FR, file=f"f{k}"))
+        x[450:453] = 0.9
+        evs.append(Event("call", 450 / FR, 453 / FR, file=f"f{k}"))
+        x[400:405] = x[520:525] = 0.9
+        probs[f"f{k}"] = x[:, None]
+        events[f"f{k}"] = evs
+    return probs, events
+
+
+def test_the_minimum_duration_is_capped_by_the_references_short_calls():
+    probs, events = short_and_long_calls()
+    free = tune_decoder(probs, events, ["call"], FR, duration_quantile=None)
+    assert free.decoders[0].min_duration_s == 0.16  # F1 alone: 24/30 found, no false alarm
+    capped = tune_decoder(probs, events, ["call"], FR)  # 5 % quantile: 0.06 s
+    assert capped.decoders[0].min_duration_s <= 0.06
+    assert capped.scores["call"]["recall"] == 1.0  # the short calls survive
+    assert capped.scores["call"]["f1"] < free.scores["call"]["f1"]  # at a price, paid knowingly
+    # a quantile above every duration allows the whole grid again
+    assert tune_decoder(probs, events, ["call"], FR, duration_quantile=1.0) == free
+    with pytest.raises(UserError, match="duration_quantile"):
+        tune_decoder(probs, events, ["call"], FR, duration_quantile=1.5)
