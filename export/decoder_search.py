@@ -15,8 +15,8 @@ How, per class (decoding is per class, so classes are searched independently):
 * predictions are matched to the references one-to-one as `event_scores` matches them (same
   file, any overlap when iou == 0 else IoU >= iou, greedy by descending IoU), with file-local
   times, so every IoU is the float `event_scores` computes;
-* a minimum duration longer than the 5 % quantile of the class's reference durations is not
-  allowed (`duration_quantile`): F1 on a few dozen tuning calls would otherwise buy a few
+* with `duration_quantile` (e.g. DURATION_QUANTILE, 5 %), a minimum duration longer than that
+  quantile of the class's reference durations is not allowed: F1 on a few dozen tuning calls would otherwise buy a few
   fewer false alarms by discarding every call shorter than the setting;
 * the best F1 wins; ties go to the simplest decoder (smallest min duration, then merge gap,
   then hysteresis) and then to the middle of the tied thresholds (the most margin both ways).
@@ -46,7 +46,7 @@ from edge_runtime.contract.metrics import event_scores
 log = logging.getLogger(__name__)
 
 _EPS_FRAMES = 1e-9  # as edge_runtime.contract.events turns seconds into whole frames
-# Minimum durations are capped at this quantile of a label's reference durations. Session
+# Minimum durations can be capped at this quantile of a label's reference durations. Session
 # 9: tuned for F1 alone on `val`, `upsweep` (median call 0.15 s) got 0.16 s, and 6 of the
 # `small` teacher's 17 misses among `test` calls at >= 10 dB were 0.07-0.09 s upsweeps whose
 # probability rose well above the threshold (0.53-0.65) but not for long enough.
@@ -114,7 +114,7 @@ class TunedDecoder:
 def tune_decoder(probs_by_file: Mapping[str, np.ndarray],
                  events_by_file: Mapping[str, Sequence[Event]], labels: Sequence[str],
                  frame_rate_hz: float, grid: SearchGrid | None = None, min_f1: float = 0.2,
-                 iou: float = 0.0, duration_quantile: float | None = DURATION_QUANTILE
+                 iou: float = 0.0, duration_quantile: float | None = None
                  ) -> TunedDecoder:
     """Choose each label's decoder settings on these files to maximise its event F1.
 

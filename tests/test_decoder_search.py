@@ -205,9 +205,10 @@ def short_and_long_calls(n_files=6):
 
 def test_the_minimum_duration_is_capped_by_the_references_short_calls():
     probs, events = short_and_long_calls()
-    free = tune_decoder(probs, events, ["call"], FR, duration_quantile=None)
+    free = tune_decoder(probs, events, ["call"], FR)  # no cap unless asked
     assert free.decoders[0].min_duration_s == 0.16  # F1 alone: 24/30 found, no false alarm
-    capped = tune_decoder(probs, events, ["call"], FR)  # 5 % quantile: 0.06 s
+    capped = tune_decoder(probs, events, ["call"], FR,
+                          duration_quantile=decoder_search.DURATION_QUANTILE)  # 0.06 s
     assert capped.decoders[0].min_duration_s <= 0.06
     assert capped.scores["call"]["recall"] == 1.0  # the short calls survive
     assert capped.scores["call"]["f1"] < free.scores["call"]["f1"]  # at a price, paid knowingly
