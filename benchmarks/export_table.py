@@ -212,10 +212,7 @@ def ensemble_tracks(plan: Plan, seed: int, split: str, progress: bool
     model's is."""
     from dataclasses import replace
 
-    from export.backends import sigmoid
-    from export.decoder_search import tune_decoder
     from export.distill_data import ensemble_logits, resample_frames
-    from train.data.dataset import Dataset
 
     runs = {s: [model_tracks(m, "teacher", seed, s, progress) for m in plan.members]
             for s in dict.fromkeys((split, "val"))}
@@ -231,16 +228,30 @@ def ensemble_tracks(plan: Plan, seed: int, split: str, progress: bool
                                       for logits, c, _ in members])
         return out
 
-    dataset = Dataset(plan.data, sample_rate=card.sample_rate)
-    val = {f: sigmoid(v) for f, v in average(runs["val"]).items()}
-    tuned = tune_decoder(val, {f: dataset.events(f) for f in val}, list(card.labels), rate)
     parameters = sum(int(c.lineage.get("parameters") or 0) for _, c, _ in runs[split])
-    card = replace(card, thresholds=tuned.thresholds, decoder=tuned.decoders,
-                   undetectable_labels=tuned.undetectable,
+    card = replace(retuned(plan, card, average(runs["val"])),
                    lineage={**card.lineage, "parameters": parameters,
                             "teacher_name": f"ensemble of {plan.teacher_model}"})
     minutes = sum(m for r in runs.values() for _, _, m in r)
     return average(runs[split]), card, minutes
+
+
+def retuned(plan: Plan, card: Any, val_logits: Mapping[str, np.ndarray],
+            duration_quantile: float | None = None) -> Any:
+    """`card` with its decoder tuned afresh (export/decoder_search.py) on these `val`
+    tracks, as distillation and finetuning tune theirs."""
+    from dataclasses import replace
+
+    from export.backends import sigmoid
+    from export.decoder_search import tune_decoder
+    from train.data.dataset import Dataset
+
+    dataset = Dataset(plan.data, sample_rate=card.sample_rate)
+    val = {f: sigmoid(v) for f, v in val_logits.items()}
+    tuned = tune_decoder(val, {f: dataset.events(f) for f in val}, list(card.labels),
+                         card.frame_rate_hz, duration_quantile=duration_quantile)
+    return replace(card, thresholds=tuned.thresholds, decoder=tuned.decoders,
+                   undetectable_labels=tuned.undetectable)
 
 
 def score_model(plan: Plan, logits: Mapping[str, np.ndarray], card: Any) -> Scored:

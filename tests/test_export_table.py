@@ -251,3 +251,27 @@ def test_an_ensemble_teacher_reuses_its_members_runs_and_teaches_with_all(tmp_pa
     args = parser.parse_args(shlex.split(one)[1:])
     assert args.teacher == ensemble.teachers(0) and args.out == ensemble.path("student_fp32", 0)
     assert f"--teacher {members[0].path('teacher', '$s')} " in commands["verify"]
+
+
+def test_decoder_table_compares_the_same_tracks_under_two_decoders():
+    """benchmarks/decoder_table.py: the capped decoder here keeps every call (threshold 0.5)
+    and the uncapped one loses them (threshold 0.95, above every probability): the paired
+    difference in recall is +1 with a CI at +1, and the table says so."""
+    from benchmarks import decoder_table as dt
+    from edge_runtime.contract.events import DecoderConfig
+
+    targets, reference, snr = WORLD
+    probs = {f: (0.1 + 0.8 * t).astype(np.float32) for f, t in targets.items()}
+
+    def scored(threshold: float) -> Scored:
+        decoder = DecoderConfig(threshold=[threshold] * len(LABELS))
+        return score_tracks(probs, targets, LABELS, RATE, reference, snr, decoder)
+
+    runs = {"capped": {"test": [scored(0.5)] * 2}, "uncapped": {"test": [scored(0.95)] * 2}}
+    result = dt.compare({"teacher": runs}, N_BOOT)
+    recall = result["teacher"]["test"]["recall_high_snr"]
+    assert recall["capped"]["mean"] == 1.0 and recall["uncapped"]["mean"] == 0.0
+    assert recall["capped - uncapped"] == {"mean": 1.0, "lo": 1.0, "hi": 1.0}
+    table = dt.render_markdown({"quantile": 0.05, "seeds": [0, 1], "metrics": result})
+    assert "| teacher | test | recall_high_snr | 0.000 [0.000, 0.000] | 1.000 [1.000, 1.000] |" \
+        in table
