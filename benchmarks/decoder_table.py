@@ -30,7 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` its
 
 from benchmarks.runs import finish, run_script, say
 from benchmarks.scoring import Scored, finite, interval
-from benchmarks.stats import event_f1_micro, event_recall_high_snr, paired_bootstrap_diff
+from benchmarks.stats import (
+    event_f1_micro,
+    event_recall_high_snr,
+    format_interval,
+    paired_bootstrap_diff,
+)
 
 MODELS = ("teacher", "student_int8", "baseline")
 DECODERS = ("uncapped", "capped")
@@ -57,9 +62,6 @@ def compare(scored: Mapping[str, Mapping[str, Mapping[str, Sequence[Scored]]]], 
 
 
 def render_markdown(result: Mapping[str, Any]) -> str:
-    def ci(c: Mapping[str, Any]) -> str:
-        return f"{c['mean']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}]" if c["mean"] is not None else "-"
-
     lines = [f"decoder minimum duration capped at the {result['quantile']:g} quantile of each "
              f"label's `val` durations (seeds {result['seeds']}; mean [95 % CI over files])",
              "", "| model | split | metric | uncapped | capped | capped - uncapped |",
@@ -67,8 +69,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     for model, by_split in result["metrics"].items():
         for split, cells in by_split.items():
             for name, c in cells.items():
-                lines.append(f"| {model} | {split} | {name} | {ci(c['uncapped'])} | "
-                             f"{ci(c['capped'])} | {ci(c['capped - uncapped'])} |")
+                lines.append(f"| {model} | {split} | {name} | {format_interval(c['uncapped'])} | "
+                             f"{format_interval(c['capped'])} | {format_interval(c['capped - uncapped'])} |")
     return "\n".join(lines)
 
 

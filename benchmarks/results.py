@@ -22,6 +22,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks.stats import format_interval
+
 Row = tuple[str, str, str, str]  # (what, measured, target or "", command)
 
 
@@ -41,15 +43,6 @@ def _load(path: Path) -> dict | None:
 CLAIM_VERDICTS = {"met": "met", "missed": "**MISSED**",
                   "inconclusive": "inconclusive (the 95% CI spans the bound)",
                   "undefined": "undefined (nothing to score)"}
-
-
-def _ci(cell: dict | None) -> str:
-    """'0.412 [0.391, 0.433]' (mean over seeds [95% CI]); 'n/a' where undefined."""
-    if not cell or cell.get("mean") is None:
-        return "n/a"
-    if cell.get("lo") is None or cell.get("hi") is None:
-        return f"{cell['mean']:.3f}"
-    return f"{cell['mean']:.3f} [{cell['lo']:.3f}, {cell['hi']:.3f}]"
 
 
 def student_setup(result: dict) -> str:
@@ -83,7 +76,7 @@ def export_rows(result: dict) -> list[Row]:
                          f"+ {lat['frontend_ms_per_audio_s']:.2f})", "", cmd))
         for split, cell in m["splits"].items():
             rows.append((f"{m['title']}: frame macro AP / event F1 / event recall >= 10 dB on "
-                         f"`{split}`", " / ".join(_ci(cell.get(k)) for k in (
+                         f"`{split}`", " / ".join(format_interval(cell.get(k)) for k in (
                              "frame_macro_ap", "event_f1", "recall_high_snr")), "", cmd))
     for c in result["claims"]:
         rows.append((f"claim: {c['claim']} ({c['statistic']})", c["measured"],
@@ -192,10 +185,10 @@ def train_rows(result: dict) -> list[Row]:
         for split, cell in r["splits"].items():
             if "event_f1" in cell:
                 what = "frame macro AP / event F1 / event recall >= 10 dB"
-                value = " / ".join(_ci(cell.get(k)) for k in (
+                value = " / ".join(format_interval(cell.get(k)) for k in (
                     "frame_macro_ap", "event_f1", "recall_high_snr"))
             else:
-                what, value = "frame macro AP", _ci(cell.get("frame_macro_ap"))
+                what, value = "frame macro AP", format_interval(cell.get("frame_macro_ap"))
             rows.append((f"{r['title']}: {what} on `{split}`", value, "", cmd))
     recipe = result.get("recipe")
     if recipe:
@@ -206,7 +199,7 @@ def train_rows(result: dict) -> list[Row]:
     for c in result["claims"]:
         rows.append((f"{c['hypothesis']}: {c['claim']}", c["measured"], c["verdict"], cmd))
     for t in result.get("targets", []):
-        rows.append((t["what"], _ci(t), f">= {t['bound']:g}: {CLAIM_VERDICTS[t['verdict']]}",
+        rows.append((t["what"], format_interval(t), f">= {t['bound']:g}: {CLAIM_VERDICTS[t['verdict']]}",
                      cmd))
     if rows:
         rows[0] = (rows[0][0] + setup, *rows[0][1:])
@@ -248,12 +241,33 @@ def lookahead_rows(result: dict) -> list[Row]:
     return rows
 
 
+def decoder_rows(result: dict) -> list[Row]:
+    """benchmarks/decoder_table.py: per model and split, recall at >= 10 dB and event F1 with
+    and without the cap, and the paired difference."""
+    cmd = result.get("command", "python benchmarks/decoder_table.py")
+    rows: list[Row] = []
+    for model, by_split in result["metrics"].items():
+        for split, cells in by_split.items():
+            for name, c in cells.items():
+                rows.append((f"{model} ({result['teacher_model']} run), {name} on `{split}`: "
+                             f"uncapped -> capped at the {result['quantile']:g} quantile "
+                             "(capped - uncapped)",
+                             f"{format_interval(c['uncapped'])} -> {format_interval(c['capped'])} "
+                             f"({format_interval(c['capped - uncapped'])})", "", cmd))
+    return rows
+
+
 SECTIONS = (  # title, JSON file(s) under out-dir, row builder
     ("training", ("train/train_table.json",), train_rows),
     ("export", ("export_table.json",), export_rows),
     # The same students from the 50-fps-token `small` teacher (session 8: both teachers were
     # run; neither is a choice made on `test`).
     ("export, `small` teacher", ("export_table_small_focal.json",), export_rows),
+    # Session 9: students taught by the ensemble of both teachers (`--teacher-model
+    # small+small100`); its teacher row is the ensemble.
+    ("export, teacher ensemble", ("export_table_ensemble.json",), export_rows),
+    # The decoders of the ensemble run re-tuned on val with and without the duration cap.
+    ("decoder duration cap", ("decoder_table.json",), decoder_rows),
     ("edge runtime", ("runtime_bench.json", "runtime_bench_hop0.2.json"), runtime_rows),
     # The 100-fps students (export table `--student-hop-length 160`): their own section, so
     # the 50-fps student's rows stay (carried) when only these are rerun.
