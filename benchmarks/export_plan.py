@@ -119,7 +119,7 @@ class Plan:
         }
         if len(teachers) > 1:
             cmds["teacher_ensemble"] = (
-                "the members' teacher tracks as `verify` makes them (whole files, each at its "
+                "the members' teacher tracks as meerkit export verify makes them (whole files, each at its "
                 "own frame rate), resampled to the finest rate and averaged in probability; "
                 "its decoder tuned on `val` for event F1 (export/decoder_search.py)")
         return cmds
