@@ -33,6 +33,12 @@ interval excludes the bound on the right side, `MISSED` when it excludes it on t
 * size <= 1 MB (the largest int8 file of any seed) and the int8 gate (decisions agree with
   PyTorch on >= 98 % of frames; the worst seed and split): exact, no sampling involved.
 
+`--teacher-model small+small100`: the student is taught by the ensemble of the two teachers
+(`meerkit export distill --teacher A --teacher B`: their probabilities averaged at the
+student's frames). Each member is trained and found on disk exactly as its own single-teacher
+table trains it, and the teacher row and claims are the ensemble's: the members' tracks
+averaged the same way, decoded with a decoder tuned for the ensemble on `val`.
+
 Resumable: every finished run (teacher, student, int8, label-only student, scored tracks) is
 kept in --work under a folder named by its settings and reused on rerun; a teacher killed
 mid-run resumes from its last checkpoint. Runs on the CPU.
