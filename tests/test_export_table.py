@@ -275,3 +275,38 @@ def test_decoder_table_compares_the_same_tracks_under_two_decoders():
     table = dt.render_markdown({"quantile": 0.05, "seeds": [0, 1], "metrics": result})
     assert "| teacher | test | recall_high_snr | 0.000 [0.000, 0.000] | 1.000 [1.000, 1.000] |" \
         in table
+
+
+def test_the_ensemble_row_averages_its_members_at_the_finest_frame_rate(tmp_path, monkeypatch):
+    """ensemble_tracks: a 50-fps and a 100-fps member of constant logits give, at 100 fps, the
+    logit of their mean probability; the card is the finer member's with summed parameters
+    (the members' tracks and the val re-tuning are stood in for: they are the verify machinery
+    and decoder_search, tested elsewhere)."""
+    from edge_runtime.contract.card import ModelCard
+
+    plan = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small+small100")
+    cards = {name: ModelCard(name, "1", "0" * 64, 16000, 2.0, 1.0, rate, LABELS, (0.5, 0.5),
+                             lineage={"parameters": n})
+             for name, rate, n in (("small", 50.0, 3), ("small100", 100.0, 4))}
+    logit = {"small": np.log(0.2 / 0.8), "small100": np.log(0.6 / 0.4)}
+
+    def member_tracks(member, model, seed, split, progress):
+        assert model == "teacher" and seed == 1
+        rate = cards[member.teacher_model].frame_rate_hz
+        track = np.full((int(2 * rate), len(LABELS)), logit[member.teacher_model], np.float32)
+        return {"a.wav": track}, cards[member.teacher_model], 1.5
+
+    seen = {}
+
+    def retuned(plan_, card, val_logits, duration_quantile=None):
+        seen["val"] = val_logits
+        return card
+
+    monkeypatch.setattr(et, "model_tracks", member_tracks)
+    monkeypatch.setattr(et, "retuned", retuned)
+    logits, card, minutes = et.ensemble_tracks(plan, 1, "test", progress=False)
+    assert logits["a.wav"].shape == (200, len(LABELS))
+    assert np.allclose(1 / (1 + np.exp(-logits["a.wav"])), 0.4, atol=1e-5)  # (0.2 + 0.6) / 2
+    assert card.frame_rate_hz == 100.0 and card.lineage["parameters"] == 7
+    assert card.lineage["teacher_name"] == "ensemble of small+small100"
+    assert set(seen["val"]) == {"a.wav"} and minutes == 4 * 1.5  # test and val, two members
