@@ -259,6 +259,11 @@ def decoder_rows(result: dict) -> list[Row]:
 
 SECTIONS = (  # title, JSON file(s) under out-dir, row builder
     ("training", ("train/train_table.json",), train_rows),
+    # Session 9: the `small` teacher on a pulsed recorder imprint (`--model small
+    # --whine-pulse-s 0.5`), the setup built for H2 and H3; session 7's tiny-teacher table
+    # above stays.
+    ("training, `small` teacher, pulsed imprint", ("train/train_table_small_pulse.json",),
+     train_rows),
     ("export", ("export_table.json",), export_rows),
     # The same students from the 50-fps-token `small` teacher (session 8: both teachers were
     # run; neither is a choice made on `test`).
