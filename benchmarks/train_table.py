@@ -60,7 +60,10 @@ average 4-7 on the 2 cores): seed 0 (with the three recipe candidates and the H5
 process-minutes in all, 1.6 h of wall time. Then `--seeds 0,1,2 --missing-seeds 0` to score
 and assemble from disk: 1 min. Per-step costs on that machine: pretraining ~0.25 s, a
 600-step finetuning 2-4 min, a 1500-step student ~10 min, each beside the others. Earlier
-estimates from a slower machine (0.48 s per pretraining step) put it at 4-8 h. A rerun with
+estimates from a slower machine (0.48 s per pretraining step) put it at 4-8 h. Session 9,
+`--model small --whine-pulse-s 0.5`: seed 0 (built over sessions 8 and 9, with the recipe
+candidates) 120 process-minutes, seeds 1 and 2 56 min each beside 2-4 other processes, H5 at
+seed 0 15 min: 246 process-minutes; the assembly 1 min. A rerun with
 everything on disk takes minutes. Each run's minutes are recorded beside it and summed into
 the JSON ("built_minutes").
 """
