@@ -7,6 +7,10 @@ From a finetuned teacher to verified edge artifacts:
   meerkit export verify   student_int8.tflite --data D --split test
   meerkit export tflite   --checkpoint runs/ft/model.pt --out teacher.tflite --precision dynamic
   meerkit export onnx     --checkpoint student.pt --out student.onnx
+
+Several `--teacher` flags distil their ensemble (probabilities averaged per frame):
+
+  meerkit export distill  --teacher runs/a/model.pt --teacher runs/b/model.pt --data D ...
 """
 
 from __future__ import annotations
