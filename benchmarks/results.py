@@ -271,6 +271,9 @@ SECTIONS = (  # title, JSON file(s) under out-dir, row builder
     # Session 9: students taught by the ensemble of both teachers (`--teacher-model
     # small+small100`); its teacher row is the ensemble.
     ("export, teacher ensemble", ("export_table_ensemble.json",), export_rows),
+    # The same with students trained 3000 steps (`--distill-steps 3000`): both outgrow it.
+    ("export, teacher ensemble, 3000-step students", ("export_table_ensemble_d3000.json",),
+     export_rows),
     # The decoders of the ensemble run re-tuned on val with and without the duration cap.
     ("decoder duration cap", ("decoder_table.json",), decoder_rows),
     ("edge runtime", ("runtime_bench.json", "runtime_bench_hop0.2.json"), runtime_rows),
