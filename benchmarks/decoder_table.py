@@ -69,8 +69,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     for model, by_split in result["metrics"].items():
         for split, cells in by_split.items():
             for name, c in cells.items():
-                lines.append(f"| {model} | {split} | {name} | {format_interval(c['uncapped'])} | "
-                             f"{format_interval(c['capped'])} | {format_interval(c['capped - uncapped'])} |")
+                cells_text = " | ".join(format_interval(c[k]) for k in (
+                    "uncapped", "capped", "capped - uncapped"))
+                lines.append(f"| {model} | {split} | {name} | {cells_text} |")
     return "\n".join(lines)
 
 

@@ -101,7 +101,8 @@ class Plan:
                 f"{m.teacher_model} --splits train --steps {self.teacher_steps} --batch-size "
                 f"{self.batch_size} --lr 0.001 --amp fp32 --clip-s {self.clip_s:g} --seed $s "
                 f"--device cpu --set warmup_steps={self.teacher_steps // 10} --set "
-                "freeze_encoder_steps=0; done" for m, t in zip(self.members, teachers, strict=True)),
+                "freeze_encoder_steps=0; done"
+                for m, t in zip(self.members, teachers, strict=True)),
             "student_fp32": f"{loop}meerkit export distill "
                             f"{' '.join(f'--teacher {t}' for t in teachers)} --data "
                             f"{self.data} --out {p['student_fp32']} --arch {self.arch} --steps "
@@ -119,7 +120,8 @@ class Plan:
         }
         if len(teachers) > 1:
             cmds["teacher_ensemble"] = (
-                "the members' teacher tracks as meerkit export verify makes them (whole files, each at its "
-                "own frame rate), resampled to the finest rate and averaged in probability; "
-                "its decoder tuned on `val` for event F1 (export/decoder_search.py)")
+                "the members' teacher tracks as meerkit export verify makes them (whole "
+                "files, each at its own frame rate), resampled to the finest rate and averaged "
+                "in probability; its decoder tuned on `val` for event F1 "
+                "(export/decoder_search.py)")
         return cmds

@@ -199,8 +199,8 @@ def train_rows(result: dict) -> list[Row]:
     for c in result["claims"]:
         rows.append((f"{c['hypothesis']}: {c['claim']}", c["measured"], c["verdict"], cmd))
     for t in result.get("targets", []):
-        rows.append((t["what"], format_interval(t), f">= {t['bound']:g}: {CLAIM_VERDICTS[t['verdict']]}",
-                     cmd))
+        rows.append((t["what"], format_interval(t),
+                     f">= {t['bound']:g}: {CLAIM_VERDICTS[t['verdict']]}", cmd))
     if rows:
         rows[0] = (rows[0][0] + setup, *rows[0][1:])
     return rows

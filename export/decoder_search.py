@@ -15,9 +15,9 @@ How, per class (decoding is per class, so classes are searched independently):
 * predictions are matched to the references one-to-one as `event_scores` matches them (same
   file, any overlap when iou == 0 else IoU >= iou, greedy by descending IoU), with file-local
   times, so every IoU is the float `event_scores` computes;
-* with `duration_quantile` (e.g. DURATION_QUANTILE, 5 %), a minimum duration longer than that
-  quantile of the class's reference durations is not allowed: F1 on a few dozen tuning calls would otherwise buy a few
-  fewer false alarms by discarding every call shorter than the setting;
+* with `duration_quantile` (e.g. DURATION_QUANTILE, 5 %), a minimum duration longer than
+  that quantile of the class's reference durations is not allowed: F1 on a few dozen tuning
+  calls would otherwise buy a few fewer false alarms by discarding every shorter call;
 * the best F1 wins; ties go to the simplest decoder (smallest min duration, then merge gap,
   then hysteresis) and then to the middle of the tied thresholds (the most margin both ways).
   A class without reference events gets the setting with the fewest predictions.

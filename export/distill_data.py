@@ -97,10 +97,11 @@ class Windows:
 def ensemble_logits(logits: Sequence[np.ndarray]) -> np.ndarray:
     """One teacher's logits unchanged; several teachers' as the logit of their mean
     probability (an ensemble averages what its members believe, not their raw scores)."""
+    from export.backends import sigmoid
+
     if len(logits) == 1:
         return logits[0]
-    p = np.mean([1.0 / (1.0 + np.exp(-x.astype(np.float64))) for x in logits], axis=0)
-    p = np.clip(p, 1e-7, 1 - 1e-7)
+    p = np.clip(np.mean([sigmoid(x) for x in logits], axis=0, dtype=np.float64), 1e-7, 1 - 1e-7)
     return np.log(p / (1 - p)).astype(np.float32)
 
 
