@@ -9,6 +9,10 @@ from pathlib import Path
 
 from benchmarks.export_claims import MODELS, SPLITS
 
+# An ensemble member that is no teacher preset but the table's own label-only student
+# (`small+baseline`): trained before the distilled student, which it then co-teaches.
+LABEL_ONLY_MEMBER = "baseline"
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -42,9 +46,20 @@ class Plan:
         names = self.teacher_model.split("+")
         return [self] if len(names) == 1 else [replace(self, teacher_model=n) for n in names]
 
+    @property
+    def trained_members(self) -> list[Plan]:
+        """The members that are finetuned teachers (all but the label-only student)."""
+        return [m for m in self.members if m.teacher_model != LABEL_ONLY_MEMBER]
+
+    def member_model(self, member: Plan) -> str:
+        """Which of the table's models a member is: "teacher", or "baseline" for the
+        label-only student."""
+        return "baseline" if member.teacher_model == LABEL_ONLY_MEMBER else "teacher"
+
     def teachers(self, seed: int | str) -> list[Path]:
-        """The model.pt of every teacher the student learns from (one, or an ensemble's)."""
-        return [m.path("teacher", seed) for m in self.members]
+        """The checkpoint of every teacher the student learns from (one, or an ensemble's,
+        which may include the label-only student)."""
+        return [m.path(self.member_model(m), seed) for m in self.members]
 
     def _teacher_root(self, seed: int | str) -> Path:
         model = "" if self.teacher_model == "tiny" else f"_{self.teacher_model}"  # older runs
@@ -102,7 +117,7 @@ class Plan:
                 f"{self.batch_size} --lr 0.001 --amp fp32 --clip-s {self.clip_s:g} --seed $s "
                 f"--device cpu --set warmup_steps={self.teacher_steps // 10} --set "
                 "freeze_encoder_steps=0; done"
-                for m, t in zip(self.members, teachers, strict=True)),
+                for m in self.trained_members for t in [m.path("teacher", "$s")]),
             "student_fp32": f"{loop}meerkit export distill "
                             f"{' '.join(f'--teacher {t}' for t in teachers)} --data "
                             f"{self.data} --out {p['student_fp32']} --arch {self.arch} --steps "

@@ -138,7 +138,7 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
 
     # Keyed on the preset's config, not its name: a preset redefined later rebuilds its runs.
     minutes = 0.0
-    for member in plan.members:
+    for member in plan.trained_members:
         minutes += run_once(member.path("teacher", seed),
                             {"data": data_id, "seed": seed, "steps": steps,
                              "model": model_preset(member.teacher_model).to_dict(),
@@ -148,15 +148,16 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
     # the hop only when set, so that markers written before the option still match
     hop = {"hop_length": plan.student_hop_length} if plan.student_hop_length else {}
     kd = {"kd_loss": plan.kd_loss} if plan.kd_loss != "bce" else {}
+    # the label-only student first: an ensemble may have it as a member
+    minutes += run_once(baseline, {"data": data_id, "arch": plan.arch, "seed": seed,
+                                   "steps": plan.distill_steps, **hop}, cmds["baseline"],
+                        lambda _: distil(None, baseline, "the label-only student"))
     # one teacher keeps its digest (not a list), so that runs marked before ensembles match
     taught_by = digest(teachers[0]) if len(teachers) == 1 else [digest(t) for t in teachers]
     minutes += run_once(student, {"teacher": taught_by, "arch": plan.arch, "seed": seed,
                                   "steps": plan.distill_steps, **hop, **kd},
                         cmds["student_fp32"], lambda _: distil(teachers, student, "the student"))
     minutes += run_once(int8, {"student": digest(student)}, cmds["student_int8"], to_int8)
-    minutes += run_once(baseline, {"data": data_id, "arch": plan.arch, "seed": seed,
-                                   "steps": plan.distill_steps, **hop}, cmds["baseline"],
-                        lambda _: distil(None, baseline, "the label-only student"))
     return minutes
 
 
@@ -220,7 +221,7 @@ def ensemble_tracks(plan: Plan, seed: int, split: str, progress: bool
 
     from export.distill_data import ensemble_logits, resample_frames
 
-    runs = {s: [model_tracks(m, "teacher", seed, s, progress) for m in plan.members]
+    runs = {s: [model_tracks(m, plan.member_model(m), seed, s, progress) for m in plan.members]
             for s in dict.fromkeys((split, "val"))}
     finest = max(range(len(plan.members)), key=lambda k: runs[split][k][1].frame_rate_hz)
     card = runs[split][finest][1]
@@ -331,10 +332,13 @@ def main(argv: list[str] | None = None) -> int:
                         "--quick: 0)")
     parser.add_argument("--preset", help="synth preset (default default; --quick: tiny)")
     parser.add_argument("--arch", default="tcn_small", help="student architecture")
-    parser.add_argument("--teacher-model", choices=("tiny", "small", "small100", "small+small100"),
+    parser.add_argument("--teacher-model", choices=("tiny", "small", "small100", "small+small100",
+                                                    "small+baseline", "tiny+baseline"),
                         help="teacher model preset (default small; --quick: tiny); "
                              "small+small100: the student learns from the ensemble of the two "
-                             "(each trained as its own table trains it), which is the teacher row")
+                             "(each trained as its own table trains it), which is the teacher "
+                             "row; small+baseline: the ensemble of the small teacher and the "
+                             "seed's own label-only student")
     parser.add_argument("--teacher-steps", type=int, help="finetuning steps (default 3000)")
     parser.add_argument("--distill-steps", type=int, help="student steps (default 1500)")
     parser.add_argument("--student-hop-length", type=int, default=0, metavar="SAMPLES",

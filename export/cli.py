@@ -153,7 +153,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "trains the label-only baseline with the same recipe.")
     p.add_argument("--teacher", type=Path, action="append",
                    help="finetuned teacher model.pt; repeat it to distil an ensemble (the "
-                   "teachers' probabilities averaged; they must share labels and sample rate)")
+                   "teachers' probabilities averaged; they must share labels and sample rate). "
+                   "A student.pt may be a member too: e.g. the label-only baseline beside the "
+                   "teacher (it teaches at its own window and frame rate)")
     p.add_argument("--labels-only", action="store_true",
                    help="no teacher: the label-only baseline, same recipe")
     p.add_argument("--data", type=Path, required=True, help="dataset folder")

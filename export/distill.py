@@ -175,29 +175,34 @@ def label_loss(student: torch.Tensor, labels: torch.Tensor, weights: torch.Tenso
 
 
 # ---------------------------------------------------------------- the run
-def _load_teachers(paths: Sequence[Path], data: Path) -> tuple[list[Any], Any]:
-    """The finetuned teachers (one, or the members of an ensemble) and the dataset at their
-    sample rate; refuses a pretrained-only model and teachers that disagree on labels or
-    sample rate with each other or with the data."""
-    from train.checkpoint import load_model
+def _load_teachers(paths: Sequence[Path], data: Path, window_s: float) -> tuple[list[Any], Any]:
+    """The teachers as export sources (one, or the members of an ensemble: finetuned
+    `model.pt` teachers, or student checkpoints, which teach in their own deployment
+    geometry) and the dataset at their sample rate; refuses a pretrained-only model and
+    members that disagree on labels or sample rate with each other or with the data."""
+    from export.source import load_source
     from train.data.dataset import Dataset
 
-    teachers, labels = [], None
+    sources: list[Any] = []
     for path in paths:
-        teacher, record = load_model(path)
-        if teacher.classifier is None:
-            raise UserError(f"{path}: a pretrained model has no classifier; finetune it first")
-        if labels is None:
-            labels, sr = list(record["labels"]), teacher.config.sample_rate
-        elif list(record["labels"]) != labels or teacher.config.sample_rate != sr:
+        source = load_source(path) if _is_student(path) else load_source(path, window_s)
+        first = sources[0] if sources else source
+        if source.labels != first.labels or source.card.sample_rate != first.card.sample_rate:
             raise UserError(f"{path}: labels or sample rate differ from {paths[0]}'s; an "
                             "ensemble's teachers must share both")
-        teachers.append(teacher)
-    dataset = Dataset(data, sample_rate=sr)
-    if dataset.labels != labels:
+        sources.append(source)
+    dataset = Dataset(data, sample_rate=sources[0].card.sample_rate)
+    if dataset.labels != sources[0].labels:
         raise UserError(f"{data}: label set {dataset.labels} differs from the teacher's "
-                        f"{labels} ({paths[0]})")
-    return teachers, dataset
+                        f"{sources[0].labels} ({paths[0]})")
+    return sources, dataset
+
+
+def _is_student(path: Path) -> bool:
+    from export.student import is_student_record
+    from train.engine import load_checkpoint
+
+    return is_student_record(load_checkpoint(path))
 
 
 def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
@@ -214,7 +219,6 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
     from export.source import load_source
     from export.student import LogMel, Student, StudentSpec, arch, default_frontend, save_student
     from train.augment import augment_batch, mask_features
-    from train.checkpoint import weights_sha256
     from train.data.dataset import Dataset
     from train.data.torch_data import select_files
     from train.engine import cosine_with_warmup, seed_everything
@@ -226,7 +230,7 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
                      if isinstance(teacher_path, str | Path) else [Path(p) for p in teacher_path])
     teachers: list[Any] = []
     if teacher_paths:
-        teachers, dataset = _load_teachers(teacher_paths, data)
+        teachers, dataset = _load_teachers(teacher_paths, data, config.teacher_window_s)
         labels, sr = list(dataset.labels), dataset.sample_rate
     else:
         dataset = Dataset(data)
@@ -250,16 +254,15 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
            for s in (config.window_s, config.hop_s)):
         raise UserError(f"distill: window ({config.window_s:g} s) and hop ({config.hop_s:g} s) "
                         f"must be whole student frames ({hop_length} samples)")
-    shas = [weights_sha256(t) for t in teachers]
+    shas = [t.card.sha256 for t in teachers]
     teacher_fns: list[torch.nn.Module] = []
     cached: list[tuple[dict[str, np.ndarray], float]] = []
     if config.teacher_on_augmented:
-        teacher_fns = [t.export_module().eval() for t in teachers]
+        teacher_fns = [t.audio_model.eval() for t in teachers]
     else:
         cache_dir = cache_dir or Path(out).parent / "teacher_cache"
-        cached = [(teacher_tracks(t, sha, dataset, labelled + unlabelled,
-                                  config.teacher_window_s, cache_dir, progress),
-                   t.config.frame_rate_hz) for t, sha in zip(teachers, shas, strict=True)]
+        cached = [(teacher_tracks(t, dataset, labelled + unlabelled, cache_dir, progress),
+                   t.card.frame_rate_hz) for t in teachers]
     windows = build_windows(dataset, labelled, unlabelled, cached, config.window_s, frame_rate,
                             progress)
     background = windows.audio[~windows.labelled] if bool((~windows.labelled).any()) else None
@@ -380,8 +383,9 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
                                "teacher_name": "none (labels only)"}
     if teachers:  # the first member stands for an ensemble where one teacher is expected
         lineage = {"teacher": str(teacher_paths[0].resolve()), "teacher_sha256": shas[0],
-                   "teacher_name": "meerkit-animal2vec" if len(teachers) == 1 else
-                   f"meerkit-animal2vec ensemble of {len(teachers)}"}
+                   "teacher_name": teachers[0].card.name if len(teachers) == 1 else
+                   f"ensemble of {len(teachers)}: "
+                   + " + ".join(t.card.name for t in teachers)}
         if len(teachers) > 1:
             lineage["teachers"] = [{"path": str(p.resolve()), "sha256": sha}
                                    for p, sha in zip(teacher_paths, shas, strict=True)]

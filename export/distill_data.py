@@ -15,9 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.contract.errors import UserError
-from edge_runtime.contract.windows import WindowGeometry
-
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
@@ -32,28 +29,25 @@ def cache_key(teacher_sha256: str, dataset, file: str, window_s: float, hop_s: f
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def teacher_tracks(teacher, teacher_sha256: str, dataset, files: list[str], window_s: float,
-                   cache_dir: Path, progress: bool = True) -> dict[str, np.ndarray]:
-    """Teacher frame logits (frames, C) per file at the teacher's frame rate, from the cache
-    when present."""
+def teacher_tracks(source, dataset, files: list[str], cache_dir: Path, progress: bool = True
+                   ) -> dict[str, np.ndarray]:
+    """Frame logits (frames, C) per file at the teacher's frame rate, from the cache when
+    present. `source` (export.source.Source): a finetuned teacher stitched from windows of
+    its card's geometry, or a student checkpoint (a member of an ensemble) in its own
+    deployment geometry."""
     from tqdm import tqdm
 
     from edge_runtime.contract.windows import track
-    from export.backends import torch_window_fn
+    from export.backends import geometry
 
-    cfg = teacher.config
-    hop_s = window_s / 2
-    window, hop = round(window_s * cfg.sample_rate), round(hop_s * cfg.sample_rate)
-    if window % cfg.total_stride or hop % cfg.total_stride:
-        raise UserError(f"teacher window {window_s:g} s: window and half-window must be whole "
-                        f"teacher frames ({cfg.total_stride} samples)")
-    geo = WindowGeometry(window, hop, window // cfg.total_stride, hop // cfg.total_stride,
-                         cfg.sample_rate)
-    run = torch_window_fn(teacher.export_module().eval())
+    card = source.card
+    geo = geometry(card)
+    run = source.window_fn()
     cache_dir.mkdir(parents=True, exist_ok=True)
     out, computed = {}, 0
     for file in tqdm(files, desc="teacher", disable=not progress, leave=False):
-        path = cache_dir / f"{cache_key(teacher_sha256, dataset, file, window_s, hop_s)}.npy"
+        key = cache_key(card.sha256, dataset, file, card.window_s, card.hop_s)
+        path = cache_dir / f"{key}.npy"
         if path.is_file():
             out[file] = np.load(path)
             continue

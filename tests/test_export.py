@@ -117,10 +117,7 @@ def test_teacher_outputs_come_from_the_cache_on_a_second_run(env):
     dataset = Dataset(env.data)
     files = dataset.files_in("train") + dataset.files_in("pretrain")
     assert len(before) == len(files)
-    teacher, _ = load_model(env.teacher)
-    from train.checkpoint import weights_sha256
-
-    tracks = teacher_tracks(teacher, weights_sha256(teacher), dataset, files, 2.0, env.cache,
+    tracks = teacher_tracks(load_source(env.teacher, 2.0), dataset, files, env.cache,
                             progress=False)
     after = {p.name: p.stat().st_mtime_ns for p in env.cache.glob("*.npy")}
     assert after == before  # nothing recomputed or rewritten
@@ -267,9 +264,39 @@ def test_an_ensemble_of_teachers_distils_from_the_command_line(env, tmp_path):
                  "--no-progress"]) == 0
     _, _, record = load_student(out)
     lineage = record["lineage"]
-    assert lineage["teacher_name"] == "meerkit-animal2vec ensemble of 2"
+    assert lineage["teacher_name"] == "ensemble of 2: meerkit-animal2vec + meerkit-animal2vec"
     assert [t["path"] for t in lineage["teachers"]] == [str(env.teacher.resolve())] * 2
     assert lineage["teacher"] == str(env.teacher.resolve())  # the first stands for the ensemble
+
+
+def test_a_student_checkpoint_teaches_beside_the_teacher(env, tmp_path):
+    """The label-only student as an ensemble member: its tracks come at its own 100 fps from
+    its own window geometry, are cached under its weights' hash, and the windows carry the
+    average of both members' probabilities at the new student's frames."""
+    baseline = distill(None, env.data, tmp_path / "baseline.pt",
+                       DistillConfig(steps=2, batch_size=4, hop_length=160), progress=False)
+    source = load_source(baseline)
+    dataset = Dataset(env.data)
+    files = dataset.files_in("train")[:2]
+    cache = tmp_path / "cache"
+    tracks = teacher_tracks(source, dataset, files, cache, progress=False)
+    duration = dataset.info(files[0]).duration_s
+    assert tracks[files[0]].shape == (round(duration * 100), len(LABELS))
+    assert len(list(cache.glob("*.npy"))) == len(files)
+    from edge_runtime.contract.windows import track
+    from export.backends import geometry
+
+    audio, _ = dataset.load(files[0])
+    assert np.array_equal(tracks[files[0]], track(audio, geometry(source.card),
+                                                  source.window_fn()).astype(np.float32))
+
+    out = distill([env.teacher, baseline], env.data, tmp_path / "co.pt",
+                  DistillConfig(steps=2, batch_size=4, hop_length=160), cache_dir=env.cache,
+                  progress=False)
+    lineage = load_student(out)[2]["lineage"]
+    assert lineage["teacher_name"] == ("ensemble of 2: meerkit-animal2vec + "
+                                       "meerkit-student-tcn_small")
+    assert [t["sha256"] for t in lineage["teachers"]][1] == source.card.sha256
 
 
 def test_an_ensemble_refuses_teachers_with_other_labels(env, tmp_path):

@@ -253,6 +253,24 @@ def test_an_ensemble_teacher_reuses_its_members_runs_and_teaches_with_all(tmp_pa
     assert f"--teacher {members[0].path('teacher', '$s')} " in commands["verify"]
 
 
+def test_the_label_only_student_can_be_an_ensemble_member(tmp_path):
+    """`small+baseline`: only the small teacher is trained; the second member is the seed's
+    own label-only student, so the distil command teaches with teacher/model.pt and
+    baseline.pt, and the ensemble row reads the baseline's own tracks."""
+    plan = et.Plan(tmp_path, "default", "tcn_small", 3000, 3000, 2.0, 16, "small+baseline",
+                   160, "focal")
+    small = et.Plan(tmp_path, "default", "tcn_small", 3000, 3000, 2.0, 16, "small", 160,
+                    "focal")
+    assert plan.trained_members == [small]
+    assert [plan.member_model(m) for m in plan.members] == ["teacher", "baseline"]
+    assert plan.teachers(2) == [small.path("teacher", 2), plan.path("baseline", 2)]
+    commands = plan.commands([0])
+    assert commands["teacher"] == small.commands([0])["teacher"]
+    assert (f"--teacher {small.path('teacher', '$s')} --teacher {plan.path('baseline', '$s')} "
+            in commands["student_fp32"])
+    assert plan.path("student_fp32", 0).parts[-4] == "default_teacher_small+baseline_t3000"
+
+
 def test_decoder_table_compares_the_same_tracks_under_two_decoders():
     """benchmarks/decoder_table.py: the capped decoder here keeps every call (threshold 0.5)
     and the uncapped one loses them (threshold 0.95, above every probability): the paired
