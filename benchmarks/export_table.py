@@ -38,6 +38,10 @@ interval excludes the bound on the right side, `MISSED` when it excludes it on t
 student's frames). Each member is trained and found on disk exactly as its own single-teacher
 table trains it, and the teacher row and claims are the ensemble's: the members' tracks
 averaged the same way, decoded with a decoder tuned for the ensemble on `val`.
+`--teacher-model small+baseline`: the second member is the seed's own label-only student
+(trained first, then teaching beside the `small` teacher: `--teacher teacher/model.pt
+--teacher baseline.pt`); the teacher row is again the ensemble the student learned from, so
+its teacher targets say nothing about the animal2vec teacher alone.
 
 Resumable: every finished run (teacher, student, int8, label-only student, scored tracks) is
 kept in --work under a folder named by its settings and reused on rerun; a teacher killed
