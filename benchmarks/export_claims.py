@@ -73,25 +73,39 @@ def _claim(name: str, statistic: str, mean: float | None, lo: float | None, hi: 
             "verdict": judge(finite(lo), finite(hi), bound, at_least, inclusive=exact), **extra}
 
 
+def share_claims(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
+                 metrics: Mapping[str, Any], reference: Mapping[str, Sequence[Scored]],
+                 reference_metrics: Mapping[str, Any], whose: str, short: str, n_boot: int,
+                 boot_seed: int = 0) -> list[dict[str, Any]]:
+    """int8 AP >= 95 % of a reference model's on each split (the teacher's, or one member's of
+    an ensemble teacher): the paired difference AP(int8) - 0.95 x AP(reference) against 0."""
+    claims = []
+    ap = "frame_macro_ap"
+    for split in SPLITS:
+        if split not in scored.get("student_int8", {}) or split not in reference:
+            continue
+        d = paired_bootstrap_diff(_tagged(scored["student_int8"][split], 1.0),
+                                  _tagged(reference[split], AP_SHARE), _factor_ap,
+                                  n_boot, boot_seed)
+        reference_ap = reference_metrics[split][ap]["mean"]
+        int8_ap = metrics["student_int8"][split][ap]["mean"]
+        ratio = int8_ap / reference_ap if reference_ap and int8_ap is not None else None
+        claims.append(_claim(
+            f"int8 student frame macro AP >= {AP_SHARE:.0%} of {whose} on `{split}`",
+            f"AP(int8) - {AP_SHARE:g} x AP({short}), paired", d.mean, d.lo, d.hi, 0.0,
+            ratio=ratio, split=split))
+    return claims
+
+
 def quality_claims(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
                    metrics: Mapping[str, Any], n_boot: int, boot_seed: int = 0
                    ) -> list[dict[str, Any]]:
     """The DESIGN.md quality claims, each with its interval (see the module docstring)."""
     claims = []
     ap = "frame_macro_ap"
-    for split in SPLITS:
-        if split not in scored.get("student_int8", {}) or split not in scored.get("teacher", {}):
-            continue
-        d = paired_bootstrap_diff(_tagged(scored["student_int8"][split], 1.0),
-                                  _tagged(scored["teacher"][split], AP_SHARE), _factor_ap,
-                                  n_boot, boot_seed)
-        teacher_ap = metrics["teacher"][split][ap]["mean"]
-        int8_ap = metrics["student_int8"][split][ap]["mean"]
-        ratio = int8_ap / teacher_ap if teacher_ap and int8_ap is not None else None
-        claims.append(_claim(
-            f"int8 student frame macro AP >= {AP_SHARE:.0%} of the teacher's on `{split}`",
-            f"AP(int8) - {AP_SHARE:g} x AP(teacher), paired", d.mean, d.lo, d.hi, 0.0,
-            ratio=ratio, split=split))
+    claims += share_claims(scored, metrics, scored.get("teacher", {}),
+                           metrics.get("teacher", {}), "the teacher's", "teacher", n_boot,
+                           boot_seed)
     # int8 >= label-only is issue 11's claim; teacher >= label-only asks whether the teacher
     # knows more than a student can learn from labels alone (else distillation cannot pay).
     versus = (("student_int8", "int8 student", "int8"), ("teacher", "teacher", "teacher"))
@@ -144,12 +158,17 @@ def artifact_claims(int8_bytes: Sequence[int], agreement: Mapping[str, Sequence[
 def assemble(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
              agreement: Mapping[str, Sequence[float]], int8_bytes: Sequence[int],
              latency: Sequence[Mapping[str, float]], footprints: Mapping[str, Mapping[str, Any]],
-             commands: Mapping[str, str], n_boot: int, **meta: Any) -> dict[str, Any]:
+             commands: Mapping[str, str], n_boot: int,
+             members: Mapping[str, Mapping[str, Sequence[Scored]]] | None = None,
+             **meta: Any) -> dict[str, Any]:
     """The JSON this script writes (and benchmarks/results.py reads), from scored seeds.
 
     `footprints`: per model, parameters / size_bytes / size_kind; `latency`: per seed, the int8
-    student's `latency_ms`; `commands`: `Plan.commands` (a key per model, and "verify")."""
+    student's `latency_ms`; `commands`: `Plan.commands` (a key per model, and "verify");
+    `members`: an ensemble teacher's finetuned members scored alone (each with its own
+    decoder), shown beside the ensemble with the int8 student's share of each."""
     metrics = model_metrics(scored, n_boot)
+    member_metrics = model_metrics(members or {}, n_boot)
     models: dict[str, Any] = {}
     for model in MODELS:
         if model in scored:
@@ -164,13 +183,20 @@ def assemble(scored: Mapping[str, Mapping[str, Sequence[Scored]]],
             int8["latency"] = {k: statistics.fmean(r[k] for r in latency) for k in latency[0]}
             int8["latency"]["per_seed"] = [r["total_ms_per_audio_s"] for r in latency]
         int8["agreement"] = {s: list(v) for s, v in agreement.items()}
-    claims = quality_claims(scored, metrics, n_boot) + artifact_claims(int8_bytes, agreement)
+    claims = quality_claims(scored, metrics, n_boot)
+    for name, runs in (members or {}).items():
+        claims += share_claims(scored, metrics, runs, member_metrics[name],
+                               f"the ensemble's {name} member's", name, n_boot)
+    claims += artifact_claims(int8_bytes, agreement)
     for claim in claims:  # as shown, so benchmarks/results.py needs no formatting of its own
         claim["measured"], claim["target"] = claim_texts(claim)
     first = next(iter(scored.values()))
     result = {**meta, "n_boot": n_boot, "alpha": 0.05,
               "files": {s: len(runs[0].frames) for s, runs in first.items()},
               "models": models, "claims": claims, "commands": dict(commands)}
+    if members:
+        result["members"] = {name: {"title": f"ensemble member alone: {name}",
+                                    "splits": member_metrics[name]} for name in members}
     return json_safe(result)
 
 
@@ -206,6 +232,11 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                          f"{format_interval(cell['event_f1'])} | "
                          f"{format_interval(cell['recall_high_snr'])} | "
                          f"{label[m['command']]}, scored by {label['verify']} |")
+    for m in result.get("members", {}).values():
+        for split, cell in m["splits"].items():
+            lines.append(f"| {m['title']} | `{split}` | "
+                         + " | ".join(format_interval(cell[k]) for k in METRICS)
+                         + f" | {label['teacher']}, scored by {label['verify']} |")
     lines += ["", "| model | parameters | size | ms per audio second, 1 thread | commands |",
               "|---|---|---|---|---|"]
     for m in result["models"].values():

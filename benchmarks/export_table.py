@@ -421,13 +421,21 @@ def main(argv: list[str] | None = None) -> int:
                 np.concatenate([logits["student_int8"][f] for f in files]),
                 np.concatenate([logits["student_fp32"][f] for f in files]),
                 thresholds)["frame_agreement"])
+    members: dict[str, dict[str, list[Scored]]] = {}
+    if len(plan.members) > 1:  # the finetuned members alone, each with its own decoder
+        for member in plan.trained_members:
+            by_split = members.setdefault(member.teacher_model, {s: [] for s in SPLITS})
+            for seed in seeds:
+                for split in SPLITS:
+                    logits, card, _ = model_tracks(member, "teacher", seed, split, progress)
+                    by_split[split].append(score_model(plan, logits, card))
     say(t0, f"bootstrap ({args.n_boot} replicates) and latency ({args.runs} runs)")
     latency = [latency_ms(plan.path("student_int8", s), args.runs) for s in seeds]
     footprints = {m: {**footprint(m, plan.path(m, seeds[0]), cards[m]),
                       "paths": [str(plan.path(m, s)) for s in seeds]} for m in MODELS}
     result = assemble(
         scored, agreement, [plan.path("student_int8", s).stat().st_size for s in seeds],
-        latency, footprints, plan.commands(seeds), args.n_boot,
+        latency, footprints, plan.commands(seeds), args.n_boot, members=members,
         command=invocation(), quick=args.quick, preset=args.preset, seeds=seeds,
         arch=args.arch, teacher_model=args.teacher_model, teacher_steps=args.teacher_steps,
         distill_steps=args.distill_steps, student_hop_length=args.student_hop_length,

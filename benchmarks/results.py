@@ -74,16 +74,22 @@ def export_rows(result: dict) -> list[Row]:
             rows.append((f"{m['title']}: 1-thread ms per audio second (model + numpy front end)",
                          f"{lat['total_ms_per_audio_s']:.2f} ({lat['model_ms_per_audio_s']:.2f} "
                          f"+ {lat['frontend_ms_per_audio_s']:.2f})", "", cmd))
-        for split, cell in m["splits"].items():
-            rows.append((f"{m['title']}: frame macro AP / event F1 / event recall >= 10 dB on "
-                         f"`{split}`", " / ".join(format_interval(cell.get(k)) for k in (
-                             "frame_macro_ap", "event_f1", "recall_high_snr")), "", cmd))
+        rows += _quality_rows(m, cmd)
+    for m in result.get("members", {}).values():  # an ensemble teacher's members alone
+        rows += _quality_rows(m, cmd)
     for c in result["claims"]:
         rows.append((f"claim: {c['claim']} ({c['statistic']})", c["measured"],
                      f"{c['target']}: {CLAIM_VERDICTS[c['verdict']]}", cmd))
     if rows:
         rows[0] = (rows[0][0] + setup, *rows[0][1:])
     return rows
+
+
+def _quality_rows(model: dict, cmd: str) -> list[Row]:
+    return [(f"{model['title']}: frame macro AP / event F1 / event recall >= 10 dB on `{split}`",
+             " / ".join(format_interval(cell.get(k))
+                        for k in ("frame_macro_ap", "event_f1", "recall_high_snr")), "", cmd)
+            for split, cell in model["splits"].items()]
 
 
 def _bound(value: float | None, target: float | None, fmt: str, above: bool = False) -> str:
@@ -274,6 +280,11 @@ SECTIONS = (  # title, JSON file(s) under out-dir, row builder
     # The same with students trained 3000 steps (`--distill-steps 3000`): both outgrow it.
     ("export, teacher ensemble, 3000-step students", ("export_table_ensemble_d3000.json",),
      export_rows),
+    # Session 10: students taught by the `small` teacher together with the seed's own
+    # label-only student (`--teacher-model small+baseline --distill-steps 3000`); the
+    # teacher row is that ensemble, not the animal2vec teacher alone.
+    ("export, teacher + label-only student ensemble, 3000-step students",
+     ("export_table_cobase_d3000.json",), export_rows),
     # The decoders of the ensemble run re-tuned on val with and without the duration cap.
     ("decoder duration cap", ("decoder_table.json",), decoder_rows),
     ("edge runtime", ("runtime_bench.json", "runtime_bench_hop0.2.json"), runtime_rows),

@@ -173,6 +173,36 @@ def test_result_tables_and_results_md(tmp_path):
     assert any(format_interval(int8) in line and "`shift`" in line for line in export)
 
 
+def test_an_ensembles_members_are_shown_alone_with_the_int8_share_of_each(tmp_path):
+    """`members`: each finetuned member of an ensemble teacher scored alone gets its rows and
+    its own share claim per split, judged like the teacher's (here the member is the
+    teacher's own tracks, so both claims agree exactly)."""
+    scored = {"teacher": _system(0.4, 1), "student_fp32": _system(0.4, 2),
+              "student_int8": _system(0.4, 1), "baseline": _system(0.4, 3)}
+    footprints = {m: {"parameters": 1, "size_bytes": 4, "size_kind": "fp32 weights"}
+                  for m in ec.MODELS}
+    plan = et.Plan(tmp_path, "tiny", "tcn_small", 30, 40, 2.0, 16, "small+baseline")
+    result = ec.assemble(scored, {"test": [0.99], "shift": [0.99]}, [1000], [], footprints,
+                         plan.commands([0]), N_BOOT, members={"small": scored["teacher"]},
+                         command="x", preset="tiny", seeds=[0, 1], arch="tcn_small",
+                         teacher_steps=30, distill_steps=40, teacher_model="small+baseline")
+    member = result["members"]["small"]
+    assert member["title"] == "ensemble member alone: small"
+    assert member["splits"] == result["models"]["teacher"]["splits"]
+    for split in ec.SPLITS:
+        mine = _claim(result["claims"], "int8 student frame macro AP >= 95% of the ensemble's "
+                      "small member's", split)
+        theirs = _claim(result["claims"], "int8 student frame macro AP >= 95% of the teacher's",
+                        split)
+        assert (mine["lo"], mine["hi"], mine["verdict"]) == (theirs["lo"], theirs["hi"], "met")
+        assert mine["statistic"] == "AP(int8) - 0.95 x AP(small), paired"
+    ap = format_interval(member["splits"]["shift"]["frame_macro_ap"])
+    assert f"| ensemble member alone: small | `shift` | {ap} |" in ec.render_markdown(result)
+    (tmp_path / "export_table.json").write_text(json.dumps(result))
+    assert any("ensemble member alone: small" in line and ap in line
+               for line in render(tmp_path).splitlines())
+
+
 def test_teacher_model_names_its_runs_and_commands(tmp_path):
     tiny = et.Plan(tmp_path, "default", "tcn_small", 2000, 1500, 2.0, 16)
     small = et.Plan(tmp_path, "default", "tcn_small", 3000, 1500, 2.0, 16, "small")
