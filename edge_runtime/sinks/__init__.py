@@ -70,10 +70,12 @@ class FanOut:
             if not kept:
                 return
             detections = kept
+        self._each(self.sinks, "handle", detections)
+        # Logged after the sinks took them (the outbox has committed), so a "detected" line
+        # never names an event that a kill -9 between the two could lose.
         for d in detections:  # the one place each detection is logged
             log.info("detected %s %.3f-%.3f s (max %.2f) id %s", d.label, d.stream_start_s,
                      d.stream_end_s, d.confidence_max, d.event_id)
-        self._each(self.sinks, "handle", detections)
 
     def feed(self, mono: np.ndarray, at: int) -> None:
         self._each(self.taps, "feed", mono, at)
