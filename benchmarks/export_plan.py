@@ -28,6 +28,17 @@ class Plan:
     teacher_model: str = "tiny"  # train/config.py model preset; `a+b`: the ensemble of both
     student_hop_length: int = 0  # the students' log-mel hop in samples; 0: 20 ms (50 fps)
     kd_loss: str = "bce"  # the distilled student's teacher term (export/distill.py)
+    # > 0: a warm start. The distilled student starts from the seed's label-only student and
+    # the teacher teaches it for this many steps at `warm_lr`; the label-only student
+    # continued the same way without a teacher ("baseline_continued") is the compute-matched
+    # control (both have seen distill_steps + warm_steps steps).
+    warm_steps: int = 0
+    warm_lr: float = 1e-3
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The table's models: MODELS, and the compute-matched control of a warm start."""
+        return MODELS + (("baseline_continued",) if self.warm_steps else ())
 
     @property
     def kd_temperature(self) -> float:
@@ -73,6 +84,16 @@ class Plan:
         return f"{self.arch}_d{self.distill_steps}{hop}"
 
     @property
+    def _warm_suffix(self) -> str:
+        return f"_w{self.warm_steps}" if self.warm_steps else ""
+
+    @property
+    def _warm_flags(self) -> str:
+        """A warm start's flags (`{init}`: the checkpoint) in place of `--steps`."""
+        return (f" --init {{init}} --steps {self.warm_steps} --lr {self.warm_lr:g}"
+                if self.warm_steps else "")
+
+    @property
     def _hop_flag(self) -> str:
         return f" --hop-length {self.student_hop_length}" if self.student_hop_length else ""
 
@@ -88,13 +109,15 @@ class Plan:
                 f" --kd-loss {self.kd_loss} --temperature {self.kd_temperature:g}")
 
     def path(self, model: str, seed: int | str) -> Path:
-        student = self._teacher_root(seed) / f"{self._student_name}{self._kd_suffix}"
+        student = (self._teacher_root(seed)
+                   / f"{self._student_name}{self._kd_suffix}{self._warm_suffix}")
+        labels_only = self.work / f"{self.preset}_labels_only_{self._student_name}" / f"seed{seed}"
         # An ensemble's "teacher" is no file: only its tracks (the members' averaged) sit there.
         return {"teacher": self._teacher_root(seed) / "teacher" / "model.pt",
                 "student_fp32": student / "student.pt",
                 "student_int8": student / "student_int8.tflite",
-                "baseline": self.work / f"{self.preset}_labels_only_{self._student_name}"
-                                      / f"seed{seed}" / "baseline.pt",
+                "baseline": labels_only / "baseline.pt",
+                "baseline_continued": labels_only / f"baseline{self._warm_suffix or '_w0'}.pt",
                 }[model]
 
     def tracks(self, model: str, seed: int, split: str) -> Path:
@@ -107,7 +130,8 @@ class Plan:
         verify's `--teacher` is the first (the table's ensemble row averages the members'
         tracks, "teacher_ensemble")."""
         loop = f"for s in {' '.join(str(s) for s in seeds)}; do "
-        p = {m: self.path(m, "$s") for m in MODELS}
+        p = {m: self.path(m, "$s") for m in self.models}
+        warm = self._warm_flags.format(init=p["baseline"]) or f" --steps {self.distill_steps}"
         teachers = self.teachers("$s")
         cmds = {
             "data": f"meerkit synth {self.data} --preset {self.preset} --seed 0",
@@ -120,14 +144,18 @@ class Plan:
                 for m in self.trained_members for t in [m.path("teacher", "$s")]),
             "student_fp32": f"{loop}meerkit export distill "
                             f"{' '.join(f'--teacher {t}' for t in teachers)} --data "
-                            f"{self.data} --out {p['student_fp32']} --arch {self.arch} --steps "
-                            f"{self.distill_steps}{self._hop_flag}{self._kd_flags} --seed $s --cache "
-                            f"{self.work}/teacher_cache; done",
+                            f"{self.data} --out {p['student_fp32']} --arch {self.arch}"
+                            f"{warm}{self._hop_flag}{self._kd_flags} --seed $s "
+                            f"--cache {self.work}/teacher_cache; done",
             "student_int8": f"{loop}meerkit export quantize --checkpoint {p['student_fp32']} "
                             f"--calibration {self.data} --out {p['student_int8']} --force; done",
             "baseline": f"{loop}meerkit export distill --labels-only --data {self.data} --out "
                         f"{p['baseline']} --arch {self.arch} --steps {self.distill_steps}"
                         f"{self._hop_flag} --seed $s; done",
+            **({"baseline_continued": f"{loop}meerkit export distill --labels-only --data "
+                f"{self.data} --out {p['baseline_continued']} --arch {self.arch}"
+                f"{warm}{self._hop_flag} --seed $s; done"}
+               if self.warm_steps else {}),
             "verify": f"{loop}for split in {' '.join(SPLITS)}; do meerkit export verify "
                       f"{p['student_int8']} --data {self.data} --split $split --checkpoint "
                       f"{p['student_fp32']} --teacher {teachers[0]} --baseline {p['baseline']} "

@@ -92,7 +92,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` its
 
 import numpy as np
 
-from benchmarks.export_claims import MODELS, SPLITS, assemble, render_markdown
+from benchmarks.export_claims import SPLITS, assemble, render_markdown
 from benchmarks.export_plan import Plan
 from benchmarks.runs import digest, finish, run_once, run_script, say
 from benchmarks.scoring import Scored, score_tracks
@@ -127,12 +127,17 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
                                 amp="fp32"),
                  Runtime(torch.device("cpu")))
 
-    def distil(teacher_path: list[Path] | None, out: Path, what: str) -> None:
-        say(t0, f"seed {seed}: distilling {what} ({plan.distill_steps} steps)")
+    def distil(teacher_path: list[Path] | None, out: Path, what: str, warm: bool = False
+               ) -> None:
+        """`warm`: start from the label-only student (plan.warm_steps at plan.warm_lr)."""
         kd = ({"kd_loss": plan.kd_loss, "temperature": plan.kd_temperature}
               if teacher_path is not None else {})
-        config = DistillConfig(arch=plan.arch, steps=plan.distill_steps, seed=seed,
-                               hop_length=plan.student_hop_length, **kd)
+        run = ({"steps": plan.warm_steps, "lr": plan.warm_lr, "init": str(baseline)} if warm
+               else {"steps": plan.distill_steps})
+        say(t0, f"seed {seed}: distilling {what} ({run['steps']} steps"
+                f"{', from the label-only student' if warm else ''})")
+        config = DistillConfig(arch=plan.arch, seed=seed, hop_length=plan.student_hop_length,
+                               **run, **kd)
         distill(teacher_path, plan.data, out, config, cache_dir=plan.work / "teacher_cache",
                 progress=progress)
 
@@ -156,11 +161,20 @@ def build_runs(plan: Plan, seed: int, progress: bool, t0: float) -> float:
     minutes += run_once(baseline, {"data": data_id, "arch": plan.arch, "seed": seed,
                                    "steps": plan.distill_steps, **hop}, cmds["baseline"],
                         lambda _: distil(None, baseline, "the label-only student"))
+    warm = ({"init": digest(baseline), "warm_steps": plan.warm_steps, "lr": plan.warm_lr}
+            if plan.warm_steps else {})
+    if warm:  # the compute-matched control: as many steps from the same start, no teacher
+        control = plan.path("baseline_continued", seed)
+        minutes += run_once(control, {"arch": plan.arch, "seed": seed, **hop, **warm},
+                            cmds["baseline_continued"],
+                            lambda _: distil(None, control, "the label-only student further",
+                                             warm=True))
     # one teacher keeps its digest (not a list), so that runs marked before ensembles match
     taught_by = digest(teachers[0]) if len(teachers) == 1 else [digest(t) for t in teachers]
     minutes += run_once(student, {"teacher": taught_by, "arch": plan.arch, "seed": seed,
-                                  "steps": plan.distill_steps, **hop, **kd},
-                        cmds["student_fp32"], lambda _: distil(teachers, student, "the student"))
+                                  "steps": plan.distill_steps, **hop, **kd, **warm},
+                        cmds["student_fp32"],
+                        lambda _: distil(teachers, student, "the student", warm=bool(warm)))
     minutes += run_once(int8, {"student": digest(student)}, cmds["student_int8"], to_int8)
     return minutes
 
@@ -352,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="the distilled student's teacher term (`meerkit export distill "
                              "--kd-loss`): bce (Hinton, T=2) or focal (soft pseudo-labels in "
                              "the label term's focal loss, T=1)")
+    parser.add_argument("--warm-start-steps", type=int, default=0, metavar="N",
+                        help="the distilled student starts from the seed's label-only student "
+                             "and is taught for N steps (`meerkit export distill --init`); the "
+                             "label-only student continued N steps without a teacher is added "
+                             "as the compute-matched control (default 0: from scratch)")
+    parser.add_argument("--warm-lr", type=float, default=1e-3,
+                        help="peak learning rate of a warm start and its control (default 1e-3)")
     parser.add_argument("--clip-s", type=float, default=2.0, help="teacher training clips")
     parser.add_argument("--batch-size", type=int, default=16, help="teacher batch size")
     parser.add_argument("--n-boot", type=int, help="bootstrap replicates (default 1000)")
@@ -396,21 +417,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     plan = Plan(args.work, args.preset, args.arch, args.teacher_steps, args.distill_steps,
                 args.clip_s, args.batch_size, args.teacher_model, args.student_hop_length,
-                args.kd_loss)
+                args.kd_loss, args.warm_start_steps, args.warm_lr)
+    if args.warm_start_steps < 0:
+        parser.error("--warm-start-steps: give N >= 0")
     if not (plan.data / "synth.json").is_file():
         say(t0, f"generating synth '{args.preset}' into {plan.data}")
         generate(SynthConfig.preset(args.preset), plan.data, workers=2, force=True,
                  progress=False)
     built = sum(build_runs(plan, seed, progress, t0) for seed in seeds)
 
-    scored: dict[str, dict[str, list[Scored]]] = {m: {s: [] for s in SPLITS} for m in MODELS}
+    scored: dict[str, dict[str, list[Scored]]] = {m: {s: [] for s in SPLITS} for m in plan.models}
     agreement: dict[str, list[float]] = {s: [] for s in SPLITS}
     cards: dict[str, Any] = {}
     for seed in seeds:
         for split in SPLITS:
             say(t0, f"seed {seed}: scoring on {split}")
             logits = {}
-            for model in MODELS:
+            for model in plan.models:
                 logits[model], cards[model], minutes = model_tracks(plan, model, seed, split,
                                                                     progress)
                 built += minutes
@@ -432,14 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     say(t0, f"bootstrap ({args.n_boot} replicates) and latency ({args.runs} runs)")
     latency = [latency_ms(plan.path("student_int8", s), args.runs) for s in seeds]
     footprints = {m: {**footprint(m, plan.path(m, seeds[0]), cards[m]),
-                      "paths": [str(plan.path(m, s)) for s in seeds]} for m in MODELS}
+                      "paths": [str(plan.path(m, s)) for s in seeds]} for m in plan.models}
     result = assemble(
         scored, agreement, [plan.path("student_int8", s).stat().st_size for s in seeds],
         latency, footprints, plan.commands(seeds), args.n_boot, members=members,
         command=invocation(), quick=args.quick, preset=args.preset, seeds=seeds,
         arch=args.arch, teacher_model=args.teacher_model, teacher_steps=args.teacher_steps,
         distill_steps=args.distill_steps, student_hop_length=args.student_hop_length,
-        kd_loss=args.kd_loss,
+        kd_loss=args.kd_loss, **({"warm_steps": args.warm_start_steps, "warm_lr": args.warm_lr}
+                                 if args.warm_start_steps else {}),
         clip_s=args.clip_s, batch_size=args.batch_size)
     return finish(result, out, t0, built, render_markdown)
 

@@ -49,8 +49,11 @@ def student_setup(result: dict) -> str:
     """", log-mel hop 160 samples, teacher term focal": the students' non-default settings."""
     hop = result.get("student_hop_length") or 0
     kd = result.get("kd_loss", "bce")
+    warm = result.get("warm_steps") or 0
     return ((f", log-mel hop {hop} samples" if hop else "")
-            + (f", teacher term {kd}" if kd != "bce" else ""))
+            + (f", teacher term {kd}" if kd != "bce" else "")
+            + (f", warm-started from the label-only student and taught {warm} steps at lr "
+               f"{result.get('warm_lr', 1e-3):g}" if warm else ""))
 
 
 def export_rows(result: dict) -> list[Row]:

@@ -11,6 +11,11 @@ From a finetuned teacher to verified edge artifacts:
 Several `--teacher` flags distil their ensemble (probabilities averaged per frame):
 
   meerkit export distill  --teacher runs/a/model.pt --teacher runs/b/model.pt --data D ...
+
+A warm start: the label-only student, taught further by the teacher:
+
+  meerkit export distill  --labels-only --data D --out baseline.pt
+  meerkit export distill  --teacher runs/ft/model.pt --init baseline.pt --lr 1e-3 --steps 1500 ...
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ def distill_command(args: argparse.Namespace) -> int:
         "focal_weight": args.focal_weight, "unlabelled_per_labelled": args.unlabelled_per_labelled,
         "window_s": args.window_s, "hop_s": args.hop_s,
         "hop_length": args.hop_length, "n_mels": args.n_mels, "seed": args.seed,
-        "val_split": args.val}.items() if v is not None}
+        "val_split": args.val,
+        "init": str(args.init) if args.init is not None else None}.items() if v is not None}
     if args.labelled:
         overrides["labelled_splits"] = tuple(s for s in args.labelled.split(",") if s)
     if args.unlabelled is not None:
@@ -169,9 +175,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="student architecture: tcn_small (default; dilated TCN with a "
                    "pooled global-context gate, ~139k parameters), tcn (~490k), pico (~62k, "
                    "no global context), small (~640k)")
+    p.add_argument("--init", type=Path, metavar="STUDENT.pt",
+                   help="start from this student's weights (same --arch, labels and front end) "
+                   "instead of random ones: e.g. the label-only baseline, taught further by "
+                   "the teacher (then a lower --lr, e.g. 1e-3)")
     p.add_argument("--steps", type=_positive)
     p.add_argument("--batch-size", type=_positive)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 3e-3; cosine decay)")
     p.add_argument("--temperature", type=float, help="distillation temperature (default 2)")
     p.add_argument("--kd-weight", type=float, help="weight of the teacher term (default 1)")
     p.add_argument("--kd-loss", choices=("bce", "focal"),

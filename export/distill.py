@@ -101,6 +101,10 @@ class DistillConfig:
     seed: int = 0
     n_mels: int = 64
     hop_length: int = 0  # samples; 0 = 20 ms (the teacher's 50 fps at 16 kHz)
+    # A student checkpoint to start from (its weights and input normalisation) instead of a
+    # random initialisation: a warm start, e.g. a label-only student that the teacher then
+    # teaches further. Its architecture, labels and front end must match this run's.
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
@@ -278,6 +282,9 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
     logmel = LogMel(frontend, sr)
 
     model = Student(student_config, frontend.n_mels, len(labels))
+    if config.init:
+        frontend = _warm_start(model, Path(config.init), config, frontend, labels, sr)
+        logmel = LogMel(frontend, sr)
     log.info("training %s student (%d parameters) on %d windows (%d labelled) for %d steps, "
              "%s", config.arch, model.num_parameters(), len(windows.audio),
              int(windows.labelled.sum()), config.steps,
@@ -395,6 +402,31 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
         "decoder_search": tuned.to_dict() if tuned is not None else None})
     load_source(out)  # fails loudly now rather than at export if anything is off
     return Path(out)
+
+
+def _warm_start(model: torch.nn.Module, path: Path, config: DistillConfig, frontend: Any,
+                labels: Sequence[str], sample_rate: int) -> Any:
+    """Load `path`'s weights into `model` and return the front end with its normalisation
+    (the weights were trained on inputs scaled by it); refuses a checkpoint that is no
+    student or differs in architecture, labels, sample rate or front end."""
+    from export.student import load_student
+
+    if not path.is_file():
+        raise UserError(f"{path}: --init checkpoint not found")
+    _, spec, record = load_student(path)
+    theirs = dataclasses.replace(spec.frontend, mean=frontend.mean, std=frontend.std)
+    problems = [what for what, same in (
+        (f"architecture {spec.arch!r} (this run: {config.arch!r})", spec.arch == config.arch),
+        (f"labels {list(spec.labels)} (data: {list(labels)})", list(spec.labels) == list(labels)),
+        (f"sample rate {spec.sample_rate} Hz (data: {sample_rate} Hz)",
+         spec.sample_rate == sample_rate),
+        (f"front end {spec.frontend} (this run: {frontend})", theirs == frontend),
+    ) if not same]
+    if problems:
+        raise UserError(f"{path}: cannot start from this student: its " + "; its ".join(problems))
+    model.load_state_dict(record["state"])
+    log.info("starting from %s (best step %s of its run)", path, record["extra"].get("best_step"))
+    return dataclasses.replace(frontend, mean=spec.frontend.mean, std=spec.frontend.std)
 
 
 def _to_frames(track: torch.Tensor, frames: int) -> torch.Tensor:

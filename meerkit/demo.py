@@ -207,15 +207,20 @@ class SubscriberProcess:
         self.argv = argv
         self.lines: list[str] = []
         self.subscribed = False
+        self.alive = threading.Event()  # its first line: imports done, it is connecting
         self.ready = threading.Event()  # subscribed, or exited
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    def start(self, timeout_s: float = 60.0, startup_s: float = 300.0) -> None:
+        """Wait up to `startup_s` for the process to come up (imports take a while on a busy
+        machine), then `timeout_s` for the subscription; on failure, stop it and raise with
+        its last lines, which name the cause (a stop before it had tried would name none)."""
         print(f"\n=== subscriber (central server)\n$ {' '.join(shlex.quote(a) for a in self.argv)}",
               flush=True)
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, bufsize=1)
         self.reader = threading.Thread(target=self._echo, daemon=True)
         self.reader.start()
+        self.alive.wait(startup_s)
         if not (self.ready.wait(timeout_s) and self.subscribed):
             self.stop()
             raise UserError("demo: the subscriber did not subscribe within "
@@ -224,10 +229,12 @@ class SubscriberProcess:
     def _echo(self) -> None:
         for line in self.proc.stdout:
             self.lines.append(line)
+            self.alive.set()
             if "subscribed to" in line:
                 self.subscribed = True
                 self.ready.set()
             print(f"  [subscriber] {line}", end="", flush=True)
+        self.alive.set()
         self.ready.set()  # it exited: start() need not wait out its timeout
 
     def stop(self) -> int:

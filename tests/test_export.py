@@ -228,6 +228,42 @@ def test_focal_teacher_term_trains_from_the_command_line(env, tmp_path):
 
 
 
+def test_a_warm_start_begins_from_the_given_students_weights_and_normalisation(env, tmp_path):
+    out = tmp_path / "warm.pt"
+    # one step at a negligible lr: what comes out is what went in
+    assert main(["export", "distill", "--labels-only", "--init", str(env.student), "--data",
+                 str(env.data), "--out", str(out), "--arch", "pico", "--steps", "1",
+                 "--batch-size", "4", "--lr", "1e-12", "--no-progress"]) == 0
+    _, start, before = load_student(env.student)
+    _, spec, after = load_student(out)
+    assert (spec.frontend.mean, spec.frontend.std) == (start.frontend.mean, start.frontend.std)
+    for name, weight in before["state"].items():  # batch-norm statistics move in any forward
+        if "running_" not in name and "num_batches" not in name:
+            torch.testing.assert_close(after["state"][name], weight, atol=1e-6, rtol=0)
+    assert after["extra"]["distill"]["init"] == str(env.student)
+    # from random weights the same run lands elsewhere
+    cold = distill(None, env.data, tmp_path / "cold.pt",
+                   DistillConfig(arch="pico", steps=1, batch_size=4, lr=1e-12), progress=False)
+    _, _, cold_record = load_student(cold)
+    assert any(not torch.allclose(cold_record["state"][k], w) for k, w in before["state"].items()
+               if w.is_floating_point())
+
+
+def test_a_warm_start_refuses_a_student_of_another_shape(env, tmp_path, capsys):
+    with pytest.raises(UserError, match=r"student\.pt: cannot start from this student: its "
+                                        r"architecture 'pico' \(this run: 'tcn_small'\)"):
+        distill(None, env.data, tmp_path / "s.pt",
+                DistillConfig(arch="tcn_small", steps=1, init=str(env.student)), progress=False)
+    assert main(["export", "distill", "--labels-only", "--init", str(env.student), "--data",
+                 str(env.data), "--out", str(tmp_path / "s.pt"), "--arch", "pico",
+                 "--hop-length", "160", "--steps", "1", "--no-progress"]) == 2
+    assert "its front end" in capsys.readouterr().err
+    assert main(["export", "distill", "--labels-only", "--init", str(tmp_path / "none.pt"),
+                 "--data", str(env.data), "--out", str(tmp_path / "s.pt"), "--arch", "pico",
+                 "--steps", "1", "--no-progress"]) == 2
+    assert "--init checkpoint not found" in capsys.readouterr().err
+
+
 def test_an_ensemble_averages_its_teachers_probabilities():
     a = np.array([[2.0, -1.0], [0.0, 3.0]], np.float32)
     assert ensemble_logits([a]) is a  # one teacher: its own logits, untouched

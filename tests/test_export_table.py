@@ -358,3 +358,61 @@ def test_the_ensemble_row_averages_its_members_at_the_finest_frame_rate(tmp_path
     assert card.frame_rate_hz == 100.0 and card.lineage["parameters"] == 7
     assert card.lineage["teacher_name"] == "ensemble of small+small100"
     assert set(seen["val"]) == {"a.wav"} and minutes == 4 * 1.5  # test and val, two members
+
+
+def test_a_warm_start_names_its_runs_and_adds_its_compute_matched_control(tmp_path):
+    """`--warm-start-steps`: the student starts from the label-only student and is taught
+    N steps; the label-only student continued N steps without a teacher is the control. The
+    printed commands parse to exactly that, and the control gets its own row and claims."""
+    import argparse
+    import shlex
+
+    from export.cli import register
+
+    cold = et.Plan(tmp_path, "default", "tcn_small", 3000, 3000, 2.0, 16, "small+baseline", 160,
+                   "focal")
+    warm = et.Plan(tmp_path, "default", "tcn_small", 3000, 3000, 2.0, 16, "small+baseline", 160,
+                   "focal", 1500, 1e-3)
+    assert cold.models == ec.MODELS and warm.models == ec.MODELS + ("baseline_continued",)
+    assert warm.path("student_int8", 0).parts[-2] == "tcn_small_d3000_h160_kfocal_w1500"
+    assert warm.path("baseline", 0) == cold.path("baseline", 0)  # the start is the cold plan's
+    assert warm.path("baseline_continued", 0) == warm.path("baseline", 0).with_name(
+        "baseline_w1500.pt")
+    assert "baseline_continued" not in cold.commands([0])
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+
+    def parsed(command: str) -> argparse.Namespace:
+        one = command.split("do ", 1)[1].rsplit("; done", 1)[0].replace("$s", "0")
+        return parser.parse_args(shlex.split(one)[1:])
+
+    commands = warm.commands([0])
+    student, control = parsed(commands["student_fp32"]), parsed(commands["baseline_continued"])
+    for args in (student, control):
+        assert (args.init, args.steps, args.lr) == (warm.path("baseline", 0), 1500, 1e-3)
+        assert args.hop_length == 160
+    assert student.teacher == warm.teachers(0) and student.kd_loss == "focal"
+    assert control.labels_only and control.teacher is None
+    assert control.out == warm.path("baseline_continued", 0)
+    assert parsed(cold.commands([0])["student_fp32"]).init is None
+
+    scored = {"teacher": _system(0.15, 5), "student_fp32": _system(0.2, 6),
+              "student_int8": _system(0.2, 7), "baseline": _system(0.4, 8),
+              "baseline_continued": _system(0.2, 7)}  # the int8 student's own tracks
+    footprints = {m: {"parameters": 1, "size_bytes": 4, "size_kind": "fp32 weights"}
+                  for m in warm.models}
+    result = ec.assemble(scored, {"test": [0.99], "shift": [0.99]}, [1000], [], footprints,
+                         commands, N_BOOT, command="x", preset="default", seeds=[0, 1],
+                         arch="tcn_small", teacher_steps=3000, distill_steps=3000,
+                         warm_steps=1500, warm_lr=1e-3)
+    assert len(result["claims"]) == 13  # 11 as before + int8 vs the control on 2 splits
+    for split in ec.SPLITS:
+        versus = _claim(result["claims"], "int8 student frame macro AP >= the label-only "
+                        "student's continued for as many steps", split)
+        assert versus["statistic"] == "AP(int8) - AP(label-only continued), paired"
+        assert versus["mean"] == 0.0 and versus["verdict"] == "inconclusive"  # same tracks
+        assert _claim(result["claims"], "int8 student frame macro AP >= the label-only "
+                      "student's on", split)["verdict"] == "met"
+    table = ec.render_markdown(result)
+    assert "| label-only student fp32, continued (compute-matched) | `test` |" in table
+    assert "warm-started from the label-only student and taught 1500 steps at lr 0.001" in table
