@@ -288,6 +288,11 @@ SECTIONS = (  # title, JSON file(s) under out-dir, row builder
     # teacher row is that ensemble, not the animal2vec teacher alone.
     ("export, teacher + label-only student ensemble, 3000-step students",
      ("export_table_cobase_d3000.json",), export_rows),
+    # Session 12: the same, but the student starts from the seed's label-only student and is
+    # taught 1500 more steps (`--warm-start-steps 1500`), beside the label-only student
+    # continued as long without a teacher (the compute-matched control).
+    ("export, warm start from the label-only student",
+     ("export_table_warm_w1500.json",), export_rows),
     # The decoders of the ensemble run re-tuned on val with and without the duration cap.
     ("decoder duration cap", ("decoder_table.json",), decoder_rows),
     ("edge runtime", ("runtime_bench.json", "runtime_bench_hop0.2.json"), runtime_rows),
