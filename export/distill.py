@@ -258,6 +258,8 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
            for s in (config.window_s, config.hop_s)):
         raise UserError(f"distill: window ({config.window_s:g} s) and hop ({config.hop_s:g} s) "
                         f"must be whole student frames ({hop_length} samples)")
+    # checked now, before the teacher's tracks and the windows take minutes
+    start = _warm_start(Path(config.init), config, frontend, labels, sr) if config.init else None
     shas = [t.card.sha256 for t in teachers]
     teacher_fns: list[torch.nn.Module] = []
     cached: list[tuple[dict[str, np.ndarray], float]] = []
@@ -282,8 +284,9 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
     logmel = LogMel(frontend, sr)
 
     model = Student(student_config, frontend.n_mels, len(labels))
-    if config.init:
-        frontend = _warm_start(model, Path(config.init), config, frontend, labels, sr)
+    if start is not None:  # its weights were trained on inputs scaled by its normalisation
+        model.load_state_dict(start["state"])
+        frontend = dataclasses.replace(frontend, mean=start["mean"], std=start["std"])
         logmel = LogMel(frontend, sr)
     log.info("training %s student (%d parameters) on %d windows (%d labelled) for %d steps, "
              "%s", config.arch, model.num_parameters(), len(windows.audio),
@@ -404,11 +407,11 @@ def distill(teacher_path: Path | Sequence[Path] | None, data: Path, out: Path,
     return Path(out)
 
 
-def _warm_start(model: torch.nn.Module, path: Path, config: DistillConfig, frontend: Any,
-                labels: Sequence[str], sample_rate: int) -> Any:
-    """Load `path`'s weights into `model` and return the front end with its normalisation
-    (the weights were trained on inputs scaled by it); refuses a checkpoint that is no
-    student or differs in architecture, labels, sample rate or front end."""
+def _warm_start(path: Path, config: DistillConfig, frontend: Any, labels: Sequence[str],
+                sample_rate: int) -> dict[str, Any]:
+    """The weights ("state") and input normalisation ("mean", "std") of the student to start
+    from; refuses a checkpoint that is no student or differs in architecture, labels,
+    sample rate or front end (normalisation aside: this run's is not known yet)."""
     from export.student import load_student
 
     if not path.is_file():
@@ -424,9 +427,8 @@ def _warm_start(model: torch.nn.Module, path: Path, config: DistillConfig, front
     ) if not same]
     if problems:
         raise UserError(f"{path}: cannot start from this student: its " + "; its ".join(problems))
-    model.load_state_dict(record["state"])
     log.info("starting from %s (best step %s of its run)", path, record["extra"].get("best_step"))
-    return dataclasses.replace(frontend, mean=spec.frontend.mean, std=spec.frontend.std)
+    return {"state": record["state"], "mean": spec.frontend.mean, "std": spec.frontend.std}
 
 
 def _to_frames(track: torch.Tensor, frames: int) -> torch.Tensor:
