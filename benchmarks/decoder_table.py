@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks import invocation
     from benchmarks.export_plan import Plan
-    from benchmarks.export_table import model_tracks, retuned, score_model
+    from benchmarks.export_tracks import model_tracks, retuned, score_model
     from edge_runtime.contract.errors import UserError
     from export.decoder_search import DURATION_QUANTILE
 
