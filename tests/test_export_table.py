@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import export_claims as ec
 from benchmarks import export_table as et
+from benchmarks import export_tracks as tracks
 from benchmarks.results import render
 from benchmarks.scoring import Scored, judge, score_tracks
 from benchmarks.stats import VERDICTS, format_interval, frame_macro_ap
@@ -350,9 +351,9 @@ def test_the_ensemble_row_averages_its_members_at_the_finest_frame_rate(tmp_path
         seen["val"] = val_logits
         return card
 
-    monkeypatch.setattr(et, "model_tracks", member_tracks)
-    monkeypatch.setattr(et, "retuned", retuned)
-    logits, card, minutes = et.ensemble_tracks(plan, 1, "test", progress=False)
+    monkeypatch.setattr(tracks, "model_tracks", member_tracks)
+    monkeypatch.setattr(tracks, "retuned", retuned)
+    logits, card, minutes = tracks.ensemble_tracks(plan, 1, "test", progress=False)
     assert logits["a.wav"].shape == (200, len(LABELS))
     assert np.allclose(1 / (1 + np.exp(-logits["a.wav"])), 0.4, atol=1e-5)  # (0.2 + 0.6) / 2
     assert card.frame_rate_hz == 100.0 and card.lineage["parameters"] == 7
